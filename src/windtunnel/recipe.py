@@ -60,6 +60,7 @@ class MTPConfig:
 class ModelConfig:
     arch: str = "transformer"  # looked up in windtunnel.models.registry
     vocab_size: int = 0  # 0 = take it from the tokenizer
+    max_seq_len: int = 0  # RoPE table length; 0 = train.seq_len
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -139,7 +140,8 @@ class PowerConfig:
     a: float = 4.6  # Power Scheduler (Shen et al. 2024): lr = min(lr_max, batch * a * tokens^b)
     b: float = -0.51
     lr_max: float = 0.02
-    decay_frac: float = 0.1  # final decay to min_lr_ratio, as in the paper
+    decay_frac: float = 0.1  # final decay (to min_lr_ratio * lr_max) over this fraction of steps
+    decay_shape: Literal["linear", "cosine", "1-sqrt", "exp"] = "exp"
 
 
 @dataclass
@@ -395,7 +397,7 @@ def validate(r: Recipe, source: str) -> None:
             fail(path, f"must be positive, got {v}")
     for path, v in {"model.vocab_size": m.vocab_size, "train.ckpt_every": t.ckpt_every,
                     "train.clip": t.clip, "optim.weight_decay": r.optim.weight_decay,
-                    "model.z_loss": m.z_loss, "model.loss_chunk": m.loss_chunk,
+                    "model.z_loss": m.z_loss, "model.max_seq_len": m.max_seq_len, "model.loss_chunk": m.loss_chunk,
                     "model.moe.num_experts": m.moe.num_experts}.items():
         if v < 0:
             fail(path, f"must be >= 0, got {v}")
