@@ -40,6 +40,9 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        from .consolidate import consolidate_checkpoint
+
+        consolidate_checkpoint(tmp)  # model.safetensors with plain names, whatever the strategy
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)

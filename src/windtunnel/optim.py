@@ -26,7 +26,8 @@ def param_groups(model: nn.Module, recipe: Recipe, model_cfg: ModelConfig | None
         if not p.requires_grad:
             continue
         shape = tuple(p.shape)
-        wd = 0.0 if no_weight_decay(name, p, o.decay_embeddings) else o.weight_decay
+        wd = 0.0 if no_weight_decay(name, p, o.decay_embeddings) else \
+            o.weight_decay * mup.weight_decay_multiplier(name, shape, cfg)
         lr_mult = mup.lr_multiplier(name, shape, cfg)
         eps = o.eps * mup.eps_multiplier(name, shape, cfg)
         key = (wd, lr_mult, eps)

@@ -191,7 +191,15 @@ class DistributedConfig:
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     offload_params: Literal["none", "cpu", "nvme"] = "none"
     nvme_path: str | None = None
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"  # selective = every other block
+    # DeepSpeed overlap/bucket knobs (written into the generated config; see docs/distributed.md)
+    overlap_comm: bool = True  # overlap gradient reduction with backward
+    contiguous_gradients: bool = True  # copy gradients into one buffer as they are produced
+    pin_memory: bool = True  # page-locked host buffers for offload (faster host<->device copies)
+    reduce_bucket_size: int | None = None  # elements per reduce/allgather bucket; None = d_model^2
+    prefetch_bucket_size: int | None = None  # ZeRO-3 parameter prefetch; None = 0.9 * d_model^2
+    sub_group_size: int = 1_000_000_000  # ZeRO-3 optimizer-step chunk (smaller = less host RAM spike)
+    reshard_after_forward: bool = True  # FSDP2: free gathered parameters after forward (ZeRO-3-like)
 
 
 @dataclass

@@ -8,7 +8,6 @@ Host-device syncs happen only at log / eval / checkpoint steps (and every step w
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
@@ -21,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import accounting, checkpoint
+from . import accounting, checkpoint, distributed
+from .branches import BranchRunner
 from .distributed import build_accelerator
 from .logging import MetricsLogger, truncate_metrics
-from .optim import build_optimizer, set_lr
+from .optim import set_lr
 from .recipe import Recipe, RecipeError
 from .schedules import Schedule
 
@@ -101,10 +101,12 @@ class Trainer:
         model = self._user_model or build_model(self.recipe.model)
         self.model_config_known = self._user_model is None
         self._call_with_targets = "targets" in inspect.signature(model.forward).parameters
-        optimizer = build_optimizer(model, self.recipe, acc.device.type)
+        # distributed: activation checkpointing + CPU FSDP2 before the optimizer sees the parameters
+        model = distributed.wrap_model(model, self.recipe, acc)
+        optimizer = distributed.build_optimizer(model, self.recipe, acc)
         if self.recipe.train.compile:
             model = torch.compile(model)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer = distributed.prepare(acc, model, optimizer, self.recipe)
         state = {"step": 0, "tokens": 0, "skipped": 0}
         if resume_from is not None:
             state = checkpoint.load_checkpoint(acc, resume_from)
@@ -126,11 +128,18 @@ class Trainer:
             y = batch.get("labels")
             batch = x if y is None else (x, y)
         if isinstance(batch, (tuple, list)):
-            x, y = batch
-        else:
-            x, y = batch[:, :-1], batch[:, 1:]
+            return self._to_device(batch[0]), self._to_device(batch[1])
+        seq = self._to_device(batch)  # [B, T+1]: one host-to-device copy, sliced on the device
+        if seq is batch:
+            return seq[:, :-1], seq[:, 1:]
+        return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """On CUDA, copy from pinned host memory: only then is non_blocking asynchronous."""
         dev = self.accelerator.device
-        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if dev.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+            t = t.pin_memory()
+        return t.to(dev, non_blocking=True)
 
     def _user_batches(self, skip: int):
         while True:
@@ -178,6 +187,7 @@ class Trainer:
         if self.data is None:
             self._user_iter = iter(self._user_batches(state["step"] * r.train.grad_accum))
         log = MetricsLogger(self.run_dir, r, self.total_steps, state["step"], acc.is_main_process)
+        self.branches = BranchRunner(self, state["step"])  # WSD decay branches (branches.py)
         flops_tok = accounting.flops_per_token(r.model, r.train.seq_len) if self.model_config_known else None
         peak = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
                                      r.logging.peak_tflops)
@@ -188,6 +198,7 @@ class Trainer:
         steps_in_window, last_train_loss, val_loss = 0, math.nan, None
         self.model.train()
         for step in range(state["step"], self.total_steps):
+            self.branches.maybe_run(step)  # may train a decay branch, then restores the exact state
             lr = self.schedule(step)
             set_lr(self.optimizer, lr)
             step_loss, step_metrics = self._train_step(step)
@@ -200,6 +211,7 @@ class Trainer:
                                          f"(train.max_skips={r.train.max_skips}); halting")
             else:
                 self.optimizer.step()
+                self.after_optimizer_step()
                 self.optimizer.zero_grad(set_to_none=True)
             state["step"], state["tokens"] = step + 1, state["tokens"] + tokens_step
             loss_acc += step_loss
@@ -239,26 +251,23 @@ class Trainer:
         for micro in range(ga):
             x, y = self._batch(step, micro)
             sync = micro == ga - 1
-            ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
-            with ctx:
+            with distributed.no_sync(self.accelerator, self.model, sync):
                 with self.accelerator.autocast():
                     loss, m = self._forward(x, y)
-                self.accelerator.backward(loss / ga)
+                distributed.backward(self.accelerator, self.model, loss / ga, sync)
             total += loss.detach().float() / ga
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0) + v.detach().float() / ga
         return total, metrics
 
+    def after_optimizer_step(self) -> None:
+        """Model hook outside the gradient (e.g. MoE aux-free bias updates): `model.after_optimizer_step()`."""
+        hook = getattr(self.accelerator.unwrap_model(self.model), "after_optimizer_step", None)
+        if hook is not None:
+            hook()
+
     def _clip(self) -> torch.Tensor:
-        clip = self.recipe.train.clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if clip > 0:
-            norm = self.accelerator.clip_grad_norm_(params, clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params]))
-        if not isinstance(norm, torch.Tensor):  # DeepSpeed returns a float
-            norm = torch.tensor(float(norm if norm is not None else 0.0), device=self.accelerator.device)
-        return norm.float()
+        return distributed.grad_norm(self.accelerator, self.model, self.recipe.train.clip)
 
     def _log_row(self, state, lr, loss, grad_norm, metric_acc, n_steps, dt, flops_tok, peak) -> dict:
         acc = self.accelerator
@@ -283,7 +292,7 @@ class Trainer:
     def _checkpoint(self, state: dict, log: MetricsLogger) -> None:
         bad = torch.tensor(0.0, device=self.accelerator.device)
         for p in self.model.parameters():
-            bad += (~torch.isfinite(p.detach())).sum()
+            bad += (~torch.isfinite(distributed.local_tensor(p.detach()))).sum()
         if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
             self._halt(state, log, f"step {state['step']}: parameters are non-finite")
         path = checkpoint.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
@@ -303,7 +312,8 @@ class Trainer:
         summary = {"status": "completed", "final_train_loss": train_loss, "final_val_loss": val_loss,
                    "tokens": state["tokens"], "steps": state["step"], "wall_time_s": wall,
                    "lr": self.recipe.optim.lr, "batch_tokens": self.recipe.tokens_per_step * self.world,
-                   "seq_len": self.recipe.train.seq_len, "skipped_steps": state["skipped"], "branches": []}
+                   "seq_len": self.recipe.train.seq_len, "skipped_steps": state["skipped"],
+                   "branches": self.branches.results}
         if self.model_config_known:
             c = accounting.count_params(self.recipe.model)
             summary.update(params=c.total, non_embedding_params=c.non_embedding, active_params=c.active,

@@ -28,7 +28,7 @@ class Block(nn.Module):
         if self.is_moe:
             from .moe import MoE
 
-            self.mlp = MoE(cfg)
+            self.mlp = MoE(cfg, layer)
         else:
             self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim)
 
@@ -100,6 +100,12 @@ class Transformer(nn.Module):
         if self.mtp is not None:
             loss = loss + self.mtp(self, x, input_ids, targets, metrics)
         return {"loss": loss, "metrics": metrics}
+
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after each optimizer step: aux-loss-free MoE bias updates (no host sync)."""
+        for block in self.blocks:
+            if block.is_moe:
+                block.mlp.update_bias()
 
 
 @register_model("transformer")

@@ -1,0 +1,99 @@
+"""Honesty checks: leave-largest-out reports and warnings for ill-posed fits."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .points import Points
+
+# Leave-largest-out errors above these (relative) get a warning: 2% of the loss is ~0.05 nats at
+# LM losses, larger than the gaps one usually wants to predict; allocations and hyperparameters
+# are multiplicative quantities, where a factor 1.5 already changes a recipe.
+LOSS_TOLERANCE = 0.02
+FACTOR_TOLERANCE = 1.5
+
+
+def errors(quantity: str, actual: float, predicted) -> dict:
+    predicted = float(np.asarray(predicted))
+    return {"quantity": quantity, "actual": float(actual), "predicted": predicted,
+            "rel_error": (predicted - actual) / actual}
+
+
+def item(quantity: str, points: Points, i: int, actual: float, predicted) -> dict:
+    return {"label": points.labels[i], "N": float(points.N[i]), "D": float(points.D[i]), "C": float(points.C[i]),
+            **errors(quantity, actual, predicted)}
+
+
+def report(held_out: str, fitted_on: int, items: list[dict]) -> dict:
+    out = {"held_out": held_out, "fitted_on": fitted_on, "items": items}
+    for q in sorted({i["quantity"] for i in items}):
+        errs = np.abs([i["rel_error"] for i in items if i["quantity"] == q])
+        out[f"{q}_mean_abs_rel_error"] = float(errs.mean())
+        out[f"{q}_max_abs_rel_error"] = float(errs.max())
+    return out
+
+
+def holdout_loss_law(fit: Callable, predict: Callable) -> Callable[[Points, dict], dict]:
+    """Leave-largest-out for L(N, D) laws: refit without the largest model size, predict its losses."""
+    def holdout(points: Points, options: dict) -> dict:
+        n_max = points.N.max()
+        held = points.N >= n_max * (1 - 1e-9)
+        train = points.subset(~held)
+        lf = fit(train, **options)
+        pred = predict(lf.params, points.N[held], points.D[held])
+        items = [item("loss", points, i, points.loss[i], p) for i, p in zip(np.flatnonzero(held), pred)]
+        return report(f"largest model N = {n_max:.3g} ({int(held.sum())} points)", len(train), items)
+    return holdout
+
+
+def holdout_warnings(holdout: dict | None) -> list[str]:
+    if not holdout or "items" not in holdout:
+        return []
+    out = []
+    for it in holdout["items"]:
+        err = it["rel_error"]
+        bad = abs(err) > LOSS_TOLERANCE if it["quantity"] == "loss" else \
+            max(1 + err, 1 / max(1 + err, 1e-12)) > FACTOR_TOLERANCE
+        if bad:
+            out.append(f"leave-largest-out: {it['quantity']} at N = {it['N']:.3g}, D = {it['D']:.3g} predicted "
+                       f"{it['predicted']:.4g} vs actual {it['actual']:.4g} ({100 * err:+.1f}%)")
+    if len(out) > 3:
+        out = out[:3] + [f"leave-largest-out: ... and {len(out) - 3} more points off by more than tolerance"]
+    return out
+
+
+def scale_warnings(points: Points, kind: str, n_params: int) -> list[str]:
+    """Too few distinct scales or points for the number of parameters."""
+    out = []
+    n_sizes, n_tokens = len(np.unique(points.N)), len(np.unique(points.D))
+    if n_sizes < 3:
+        out.append(f"only {n_sizes} distinct model sizes: size exponents are not identifiable (need >= 3, "
+                   "better >= 5)")
+    if kind == "loss" and n_tokens < 3:
+        out.append(f"only {n_tokens} distinct token counts: the data term is not identifiable (need >= 3)")
+    if kind == "loss" and len(points) < 2 * n_params:
+        out.append(f"{len(points)} points for {n_params} parameters: the fit is barely determined")
+    spread = points.C.max() / points.C.min()
+    if spread < 10:
+        out.append(f"the runs span only a factor {spread:.1f} in compute (less than one decade)")
+    return out
+
+
+def ci_warnings(params: dict, ci: dict, names: list[str]) -> list[str]:
+    """Exponents whose bootstrap interval is as wide as the value itself."""
+    out = []
+    for name in names:
+        if name in ci and name in params and params[name] != 0:
+            lo, hi = ci[name]
+            if (hi - lo) > abs(params[name]):
+                out.append(f"{name} = {params[name]:.3g} is poorly determined: CI ({lo:.3g}, {hi:.3g})")
+    return out
+
+
+def extrapolation_warning(target_compute: float, max_fitted: float, factor: float) -> str | None:
+    ratio = target_compute / max_fitted
+    if ratio > factor:
+        return (f"extrapolating {ratio:.0f}x in compute beyond the largest fitted run "
+                f"(C = {max_fitted:.3g}; limit {factor:g}x): treat the prediction as a guess")
+    return None

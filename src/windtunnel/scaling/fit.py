@@ -1,0 +1,81 @@
+"""fit_law: one entry point for every law, with bootstrap CIs, leave-largest-out and warnings.
+
+    from windtunnel.scaling import fit_law
+    res = fit_law("chinchilla", N=n, D=d, loss=l, bootstrap=200)
+    res.params, res.ci, res.predict(N, D), res.compute_optimal(C), res.warnings, res.to_dict()
+"""
+from __future__ import annotations
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import frontier, hparams, laws
+from .bootstrap import bootstrap_fits, percentile_ci
+from .checks import ci_warnings, holdout_loss_law, holdout_warnings, scale_warnings
+from .points import Points
+from .result import FitResult, Law
+
+LAWS: dict[str, Law] = {
+    "chinchilla": Law("chinchilla", "loss", laws.fit_chinchilla,
+                      holdout_loss_law(laws.fit_chinchilla, laws.chinchilla_predict),
+                      predict=laws.chinchilla_predict, optimal=laws.chinchilla_optimal, n_params=5),
+    "kaplan": Law("kaplan", "loss", laws.fit_kaplan, holdout_loss_law(laws.fit_kaplan, laws.kaplan_predict),
+                  predict=laws.kaplan_predict, optimal=laws.kaplan_optimal, n_params=4),
+    "envelope": Law("envelope", "frontier", frontier.fit_envelope, frontier.holdout_envelope,
+                    optimal=frontier.frontier_optimal, n_params=7),
+    "isoflop": Law("isoflop", "frontier", frontier.fit_isoflop, frontier.holdout_isoflop,
+                   optimal=frontier.frontier_optimal, n_params=7),
+    "lr-bs": Law("lr-bs", "hparams", hparams.fit_lr_bs, hparams.holdout_lr_bs, suggest=hparams.suggest, n_params=5),
+}
+EXPONENTS = ["alpha", "beta", "alpha_N", "alpha_D", "a", "b", "gamma", "lr_N", "lr_D", "bs_D"]
+
+
+def fit_law(law: str, points: Points | None = None, *, N=None, D=None, loss=None, C=None, lr=None, batch=None,
+            n_kind: str = "non_embedding", bootstrap: int = 200, seed: int = 0, level: float = 0.95,
+            holdout: bool = True, **options) -> FitResult:
+    """Fit `law` (chinchilla | kaplan | envelope | isoflop | lr-bs) to points or arrays.
+
+    Loss laws see each (N, D) cell at its best loss (sweeps with LR axes). `options` go to the
+    law's fitter: delta/refine (chinchilla, kaplan), tolerance/neighbours (isoflop), method/window (lr-bs)."""
+    if law not in LAWS:
+        raise ValueError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level: {level} must be between 0 and 1")
+    if points is None:
+        points = Points.from_arrays(N, D, loss, C=C, lr=lr, batch=batch, n_kind=n_kind)
+    # One BLAS thread: the fits are thousands of tiny L-BFGS-B steps, and a threaded BLAS inside them
+    # runs ~10x slower on a busy machine (measured on the 2-core CI box).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit(LAWS[law], points, bootstrap, seed, level, holdout, options)
+
+
+def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, holdout: bool,
+         options: dict) -> FitResult:
+    notes = []
+    if impl.kind != "hparams":
+        reduced = points.best_per_cell()
+        if len(reduced) < len(points):
+            notes.append(f"{len(points)} runs reduced to {len(reduced)} (N, D) cells by best loss")
+        points = reduced
+    estimate = impl.fit(points, **options)
+    samples, failures = bootstrap_fits(impl, points, estimate, bootstrap, seed, options) if bootstrap else ([], 0)
+    ci = percentile_ci(samples, level)
+    warnings = scale_warnings(points, impl.kind, impl.n_params) + estimate.warnings
+    warnings += ci_warnings({**estimate.params, **estimate.derived}, ci, EXPONENTS)
+    if bootstrap and failures > 0.1 * bootstrap:
+        warnings.append(f"bootstrap: {failures} of {bootstrap} refits failed: the fit is fragile")
+    report = leave_largest_out(impl, points, options) if holdout else None
+    warnings += holdout_warnings(report)
+    details = {**estimate.details, **({"notes": notes} if notes else {})}
+    return FitResult(impl.name, estimate.params, ci, warnings, points, impl, estimate.derived, details, samples,
+                     report, level, failures)
+
+
+def leave_largest_out(impl: Law, points: Points, options: dict) -> dict:
+    """Refit without the largest scale and report how well it is predicted (or why it cannot be)."""
+    if len(np.unique(points.N)) < 3 and impl.kind != "frontier":
+        return {"skipped": "fewer than 3 model sizes: nothing left to fit after holding one out"}
+    try:
+        return impl.holdout(points, options)
+    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+        return {"skipped": f"refit without the largest scale failed: {e}"}

@@ -1,0 +1,139 @@
+"""Parametric loss laws L(N, D): Chinchilla (Hoffmann et al. 2022, approach 3) and Kaplan et al. (2020).
+
+Both are fitted on log-loss with the Huber objective of `optimize.py`. Chinchilla uses the
+log-sum-exp parameterisation of Hoffmann et al. / Besiroglu et al. (2024):
+    log L = LSE(a - alpha*log N, b - beta*log D, e),  A = e^a, B = e^b, E = e^e.
+Kaplan's eq. 1.5:  L = [(Nc/N)^(aN/aD) + Dc/D]^aD,  fitted with log Nc and log Dc.
+Compute-optimal allocations use C = 6ND.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .optimize import HUBER_DELTA, at_bounds, grid, huber_fit, lse_softmax
+from .points import Points
+from .result import LawFit
+
+# ----------------------------------------------------------------------------- Chinchilla
+
+CHINCHILLA_THETA = ["a", "b", "e", "alpha", "beta"]
+CHINCHILLA_BOUNDS = [(-20.0, 60.0), (-20.0, 60.0), (-10.0, 5.0), (0.0, 5.0), (0.0, 5.0)]
+# The initialisation grid of Hoffmann et al. (2022), as run by Besiroglu et al. (2024): 4,500 starts.
+CHINCHILLA_GRID = grid(a=np.arange(0, 30, 5), b=np.arange(0, 30, 5), e=[-1, -0.5, 0, 0.5, 1],
+                       alpha=[0, 0.5, 1, 1.5, 2], beta=[0, 0.5, 1, 1.5, 2])
+
+
+def chinchilla_model(x: np.ndarray, y: np.ndarray):
+    """log-loss model on x = log N, y = log D: theta = (a, b, e, alpha, beta)."""
+    def model(theta: np.ndarray):
+        a, b, e, alpha, beta = theta
+        terms = np.stack([a - alpha * x, b - beta * y, np.full_like(x, e)])
+        lse, p = lse_softmax(terms)
+        return lse, np.column_stack([p[0], p[1], p[2], -p[0] * x, -p[1] * y])
+    return model
+
+
+def chinchilla_params(theta: np.ndarray) -> dict[str, float]:
+    a, b, e, alpha, beta = map(float, theta)
+    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+
+
+def chinchilla_theta(p: dict) -> np.ndarray:
+    return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+
+
+def chinchilla_predict(p: dict, N, D) -> np.ndarray:
+    return p["E"] + p["A"] / np.asarray(N, float) ** p["alpha"] + p["B"] / np.asarray(D, float) ** p["beta"]
+
+
+def chinchilla_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hoffmann et al. eq. 4: N_opt = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta))."""
+    C = np.asarray(C, float)
+    alpha, beta = p["alpha"], p["beta"]
+    if alpha <= 0 or beta <= 0:
+        raise ValueError("chinchilla: compute-optimal split needs alpha > 0 and beta > 0")
+    G = (alpha * p["A"] / (beta * p["B"])) ** (1.0 / (alpha + beta))
+    N = G * (C / 6.0) ** (beta / (alpha + beta))
+    D = C / (6.0 * N)
+    return N, D, chinchilla_predict(p, N, D)
+
+
+def fit_chinchilla(points: Points, start: dict | None = None, delta: float = HUBER_DELTA,
+                   refine: int = 32) -> LawFit:
+    model = chinchilla_model(np.log(points.N), np.log(points.D))
+    starts = chinchilla_theta(start)[None] if start else CHINCHILLA_GRID
+    opt = huber_fit(model, np.log(points.loss), starts, CHINCHILLA_BOUNDS, delta, refine)
+    params = chinchilla_params(opt.theta)
+    bound = at_bounds(opt.theta, CHINCHILLA_BOUNDS, CHINCHILLA_THETA)
+    warnings = [f"chinchilla: {name} is at its bound ({params_name(name)} = {_fmt(params, name)}): "
+                "the data do not constrain it" for name in bound]
+    derived = {}
+    if params["alpha"] > 0 and params["beta"] > 0:  # N_opt ∝ C^a, D_opt ∝ C^b (Hoffmann et al. eq. 4)
+        derived["a"] = params["beta"] / (params["alpha"] + params["beta"])
+        derived["b"] = params["alpha"] / (params["alpha"] + params["beta"])
+    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta},
+                  derived)
+
+
+def params_name(theta_name: str) -> str:
+    return {"a": "A", "b": "B", "e": "E"}.get(theta_name, theta_name)
+
+
+def _fmt(params: dict, theta_name: str) -> str:
+    return f"{params[params_name(theta_name)]:.4g}"
+
+
+# ----------------------------------------------------------------------------- Kaplan
+
+KAPLAN_THETA = ["alpha_N", "alpha_D", "log_Nc", "log_Dc"]
+KAPLAN_BOUNDS = [(1e-3, 3.0), (1e-3, 3.0), (0.0, 120.0), (0.0, 120.0)]
+KAPLAN_GRID = grid(alpha_N=[0.05, 0.1, 0.2, 0.4], alpha_D=[0.05, 0.1, 0.2, 0.4],
+                   log_Nc=[10, 20, 30, 40, 50], log_Dc=[10, 20, 30, 40, 50])
+
+
+def kaplan_model(x: np.ndarray, y: np.ndarray):
+    def model(theta: np.ndarray):
+        aN, aD, lnc, ldc = theta
+        u1, u2 = aN / aD * (lnc - x), ldc - y
+        terms = np.stack([u1, u2])
+        S, p = lse_softmax(terms)
+        jac = np.column_stack([p[0] * (lnc - x), S - p[0] * u1, p[0] * aN, aD * p[1]])
+        return aD * S, jac
+    return model
+
+
+def kaplan_params(theta: np.ndarray) -> dict[str, float]:
+    aN, aD, lnc, ldc = map(float, theta)
+    return {"alpha_N": aN, "alpha_D": aD, "Nc": float(np.exp(lnc)), "Dc": float(np.exp(ldc))}
+
+
+def kaplan_theta(p: dict) -> np.ndarray:
+    return np.array([p["alpha_N"], p["alpha_D"], np.log(p["Nc"]), np.log(p["Dc"])])
+
+
+def kaplan_predict(p: dict, N, D) -> np.ndarray:
+    N, D = np.asarray(N, float), np.asarray(D, float)
+    return ((p["Nc"] / N) ** (p["alpha_N"] / p["alpha_D"]) + p["Dc"] / D) ** p["alpha_D"]
+
+
+def kaplan_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At fixed C = 6ND the bracket is a sum of two exponentials in log N (convex): set its
+    derivative to zero, r e^{r(log Nc - x)} = e^{x + log(6 Dc / C)} with r = alpha_N / alpha_D."""
+    C = np.asarray(C, float)
+    r = p["alpha_N"] / p["alpha_D"]
+    k = np.log(6.0 * p["Dc"] / C)
+    x = (r * np.log(p["Nc"]) + np.log(r) - k) / (r + 1.0)
+    N = np.exp(x)
+    D = C / (6.0 * N)
+    return N, D, kaplan_predict(p, N, D)
+
+
+def fit_kaplan(points: Points, start: dict | None = None, delta: float = HUBER_DELTA, refine: int = 32) -> LawFit:
+    model = kaplan_model(np.log(points.N), np.log(points.D))
+    starts = kaplan_theta(start)[None] if start else KAPLAN_GRID
+    opt = huber_fit(model, np.log(points.loss), starts, KAPLAN_BOUNDS, delta, refine)
+    params = kaplan_params(opt.theta)
+    bound = at_bounds(opt.theta, KAPLAN_BOUNDS, KAPLAN_THETA)
+    warnings = [f"kaplan: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
+                for name, v in zip(KAPLAN_THETA, opt.theta) if name in bound]
+    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta})

@@ -1,0 +1,105 @@
+import json
+import sys
+import threading
+
+import pytest
+import yaml
+
+from windtunnel.sweep import executors
+from windtunnel.sweep.executors import (COMPLETED, FAILED, MISSING, RESUMABLE, prepare_run, run_local, run_slurm,
+                                        run_state, slurm_command, visible_gpus)
+from windtunnel.sweep.plan import ExecutorConfig, expand, load_sweep
+
+
+@pytest.fixture
+def runs(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "train": {"steps": 4}}))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"base": "base.yaml",
+                                                     "sweep": {"grid": {"optim.lr": [1e-3, 2e-3, 3e-3]}}}))
+    return expand(load_sweep(tmp_path / "s.yaml"))
+
+
+def fake_checkpoint(run_dir, step=2):
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+
+def finish_command(run_dir, status="completed", rc=0):
+    """A stand-in for `windtunnel train`: writes the summary a run would and exits with rc."""
+    code = (f"import json, pathlib, sys; pathlib.Path({str(run_dir)!r}, 'summary.json').write_text("
+            f"json.dumps({{'status': {status!r}}})); print('argv', sys.argv); sys.exit({rc})")
+    return [sys.executable, "-c", code]
+
+
+def test_run_state_and_prepare(tmp_path, runs):
+    d = tmp_path / "r"
+    assert run_state(d) == MISSING
+    assert prepare_run(runs[0], d) is False and (d / "recipe.yaml").exists()
+    (d / "summary.json").write_text(json.dumps({"status": "failed"}))
+    (d / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert run_state(d) == FAILED
+    assert prepare_run(runs[0], d) is False  # restart from scratch: stale files cleared
+    assert not (d / "summary.json").exists() and not (d / "metrics.jsonl").exists()
+    fake_checkpoint(d)
+    (d / "recipe.yaml").write_text("resolved: by the trainer\n")
+    (d / "summary.json").write_text(json.dumps({"status": "failed"}))  # halted, with a good checkpoint
+    assert run_state(d) == RESUMABLE
+    assert prepare_run(runs[0], d) is True
+    assert (d / "recipe.yaml").read_text() == "resolved: by the trainer\n"  # the run's own recipe is kept
+    (d / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert run_state(d) == COMPLETED
+
+
+def test_visible_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5, 7")
+    assert visible_gpus(None) == ["3", "5", "7"] and visible_gpus(2) == ["3", "5"] and visible_gpus(0) == []
+
+
+def test_local_one_run_per_gpu_and_a_crash_does_not_stop_the_sweep(tmp_path, runs, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    seen, lock = [], threading.Lock()
+    real_execute = executors.execute
+
+    def fake_command(run_dir, resume):
+        return finish_command(run_dir, *(("failed", 1) if run_dir.name == "lr0.002" else ()))
+
+    def spy(command, log_path, env=None):
+        with lock:
+            seen.append(env["CUDA_VISIBLE_DEVICES"])
+        return real_execute(command, log_path, env)
+
+    monkeypatch.setattr(executors, "local_command", fake_command)
+    monkeypatch.setattr(executors, "execute", spy)
+    todo = [(r, tmp_path / "sweep" / r.name) for r in runs]
+    codes = run_local(todo, ExecutorConfig(), echo=lambda *_: None)
+    assert codes == {"lr0.001": 0, "lr0.002": 1, "lr0.003": 0}
+    assert sorted(set(seen)) == ["4", "6"] and len(seen) == 3
+    assert [run_state(d) for _, d in todo] == [COMPLETED, FAILED, COMPLETED]
+    assert "argv" in (todo[1][1] / "train.log").read_text()  # output captured per run
+
+
+def test_slurm_command_launches_accelerate(tmp_path):
+    cmd = slurm_command(tmp_path / "r", resume=True, processes=4)
+    assert cmd[:7] == ["accelerate", "launch", "--num_processes", "4", "--num_machines", "1", "--multi_gpu"]
+    assert cmd[7:] == ["-m", "windtunnel", "train", str(tmp_path / "r" / "recipe.yaml"), "--out",
+                       str(tmp_path / "r"), "--resume"]
+
+
+def test_slurm_through_submitit_debug_executor(tmp_path, runs, monkeypatch):
+    commands = []
+
+    def fake(run_dir, resume, processes):
+        commands.append((run_dir.name, resume, processes))
+        return finish_command(run_dir)
+
+    monkeypatch.setattr(executors, "slurm_command", fake)
+    sweep = tmp_path / "sweep"
+    fake_checkpoint(sweep / runs[1].name)
+    todo = [(r, sweep / r.name) for r in runs]
+    cfg = ExecutorConfig(kind="slurm", cluster="debug", gpus_per_run=2, partition="gpu")
+    run_slurm(todo, cfg, sweep, "test", echo=lambda *_: None)
+    assert commands == [("lr0.001", False, 2), ("lr0.002", True, 2), ("lr0.003", False, 2)]
+    assert all(run_state(d) == COMPLETED for _, d in todo)
+    assert set(json.loads((sweep / "jobs.json").read_text())) == {r.name for r in runs}
