@@ -1,12 +1,13 @@
-"""Throughput harness (windtunnel.bench) and the CPU fallbacks of its optimisations (compile)."""
+"""Throughput harness (windtunnel.benchmarks.throughput) and the CPU fallbacks of its optimisations (compile)."""
 import json
 import math
 
 import pytest
 import torch
 
-from windtunnel import accounting, bench
-from windtunnel.bench import PRESETS, Spec, bench_recipe, hf_model, measure
+from windtunnel import accounting
+from windtunnel.benchmarks import throughput as bench
+from windtunnel.benchmarks.throughput import PRESETS, Spec, bench_recipe, hf_model, measure
 from windtunnel.models import build_model
 from windtunnel.recipe import Recipe, RecipeError
 

@@ -96,8 +96,8 @@ class CrashAt(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer, step, row):
-        if step == self.step:
+    def post_step(self, state):
+        if state.step == self.step:
             raise KeyboardInterrupt
 
 

@@ -58,8 +58,8 @@ class CrashAt(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer, step, row):
-        if step == self.step:
+    def post_step(self, state):
+        if state.step == self.step:
             raise KeyboardInterrupt
 
 
@@ -86,8 +86,8 @@ from windtunnel.trainer import Callback
 sys.path.insert(0, {here!r})
 from test_trainer import tiny_recipe, token_batches
 class Hang(Callback):
-    def on_checkpoint(self, trainer, step, path):
-        if step == 8 and not {resume}:
+    def on_checkpoint(self, state):
+        if state.step == 8 and not {resume}:
             open({marker!r}, "w").write("x"); time.sleep(600)
 Trainer(tiny_recipe(), train_data=token_batches(), out_dir={out!r}, resume={resume}, callbacks=[Hang()]).fit()
 """
@@ -165,11 +165,11 @@ def test_user_model_returning_logits_and_callbacks(tmp_path):
     seen = []
 
     class Record(Callback):
-        def on_eval(self, trainer, step, val_loss):
-            seen.append(("eval", step))
+        def on_eval(self, state):
+            seen.append(("eval", state.step))
 
-        def on_checkpoint(self, trainer, step, path):
-            seen.append(("ckpt", step))
+        def on_checkpoint(self, state):
+            seen.append(("ckpt", state.step))
 
     data = token_batches(2)
     s = Trainer(tiny_recipe(), model=Bigram(), train_data=data, val_data=data, out_dir=tmp_path,

@@ -1,7 +1,8 @@
 """windtunnel: pretrain small language models, sweep proxies, extrapolate with scaling laws."""
+from .callbacks import Callback, TrainState
 from .recipe import Recipe, RecipeError
 
-__all__ = ["Recipe", "RecipeError", "Trainer", "register_model"]
+__all__ = ["Callback", "Recipe", "RecipeError", "TrainState", "Trainer", "register_model"]
 __version__ = "0.1.0"
 
 

@@ -23,7 +23,7 @@ DELEGATED = {
     "fit": "windtunnel.scaling.cli",
     "sweep": "windtunnel.sweep.cli",
     "coord-check": "windtunnel.coord_check",
-    "bench": "windtunnel.bench",
+    "bench": "windtunnel.benchmarks.throughput",
     "generate": "windtunnel.generate",
 }
 

@@ -243,14 +243,18 @@ class Recipe:
 
     # ------------------------------------------------------------------ derived numbers
     @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimizer step on one process (multiply by world size)."""
+    def tokens_per_step_per_rank(self) -> int:
+        """Tokens one process trains on per optimizer step (micro-batch x seq_len x grad_accum)."""
         return self.train.batch_size * self.train.seq_len * self.train.grad_accum
+
+    def global_tokens_per_step(self, world_size: int = 1) -> int:
+        """Tokens per optimizer step over all `world_size` processes."""
+        return self.tokens_per_step_per_rank * world_size
 
     def total_steps(self, world_size: int = 1) -> int:
         if self.train.steps:
             return self.train.steps
-        return max(1, self.train.tokens // (self.tokens_per_step * world_size))
+        return max(1, self.train.tokens // self.global_tokens_per_step(world_size))
 
 
 # ----------------------------------------------------------------------------- YAML

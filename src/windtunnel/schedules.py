@@ -35,14 +35,14 @@ class Schedule:
     cfg: ScheduleConfig
     peak_lr: float
     total_steps: int
-    tokens_per_step: int = 1  # global tokens per optimizer step (power schedule)
-    batch_seqs: int = 1  # global sequences per optimizer step (power schedule)
+    global_tokens_per_step: int = 1  # all processes together (power schedule)
+    global_batch_seqs: int = 1  # sequences per optimizer step, all processes together (power schedule)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, world_size: int = 1, total_steps: int | None = None) -> "Schedule":
         t = recipe.train
         return cls(recipe.schedule, recipe.optim.lr, total_steps or recipe.total_steps(world_size),
-                   recipe.tokens_per_step * world_size, t.batch_size * t.grad_accum * world_size)
+                   recipe.global_tokens_per_step(world_size), t.batch_size * t.grad_accum * world_size)
 
     @property
     def warmup_steps(self) -> int:
@@ -77,13 +77,13 @@ class Schedule:
 
     def power_lr(self, step: int) -> float:
         p = self.cfg.power
-        tokens = max(1, step * self.tokens_per_step) if step >= self.warmup_steps else \
-            max(1, self.warmup_steps * self.tokens_per_step)
+        tokens = max(1, step * self.global_tokens_per_step) if step >= self.warmup_steps else \
+            max(1, self.warmup_steps * self.global_tokens_per_step)
         # During the final decay the LR decays from the value the power law had at the decay start.
         decay_start = self.total_steps - self.decay_steps()
         if self.cfg.name == "power" and step >= decay_start:
-            tokens = max(1, decay_start * self.tokens_per_step)
-        return min(p.lr_max, self.batch_seqs * p.a * tokens ** p.b)
+            tokens = max(1, decay_start * self.global_tokens_per_step)
+        return min(p.lr_max, self.global_batch_seqs * p.a * tokens ** p.b)
 
 
 def plot_schedule(recipe: Recipe, png: str, world_size: int = 1) -> None:

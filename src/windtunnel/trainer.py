@@ -4,13 +4,15 @@
 
 Own pieces can replace the built-in ones: `Trainer(recipe, model=..., train_data=..., val_data=...,
 callbacks=[...])`. A model may return a loss tensor, logits [B, T, V], or {"loss", "metrics"}.
-Host-device syncs happen only at log / eval / checkpoint steps (and every step with nan_policy=skip).
+Everything around the step (metrics, evaluation, checkpoints, WSD decay branches, loss-spike handling)
+is a `Callback` (callbacks.py documents the hooks and the order they run in).
+Host-device syncs happen only at log / eval / checkpoint steps (and every step with nan_policy=skip or
+spike_policy=skip|rewind).
 """
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,24 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import accounting, checkpoint, distributed
-from .branches import BranchRunner
+from .branches import DecayBranches
+from .callbacks import Callback, Checkpointer, Evaluator, TrainState
 from .distributed import build_accelerator
-from .logging import MetricsLogger, truncate_metrics
+from .metrics import MetricsLogger
 from .optim import set_lr
 from .recipe import Recipe, RecipeError
 from .schedules import Schedule
 
+__all__ = ["Callback", "TrainState", "Trainer", "TrainingHalted"]
+
 
 class TrainingHalted(RuntimeError):
     """Raised when the loss goes non-finite under nan_policy=halt (the last good checkpoint is kept)."""
-
-
-class Callback:
-    """Override any of these; each gets the trainer and plain Python values."""
-
-    def on_step_end(self, trainer: "Trainer", step: int, row: dict | None) -> None: ...
-    def on_eval(self, trainer: "Trainer", step: int, val_loss: float) -> None: ...
-    def on_checkpoint(self, trainer: "Trainer", step: int, path: Path) -> None: ...
 
 
 class Trainer:
@@ -46,7 +43,7 @@ class Trainer:
                  val_data: Iterable | None = None, callbacks: Iterable[Callback] = (),
                  out_dir: str | Path | None = None, resume: bool = False):
         self.recipe = recipe
-        self.callbacks = list(callbacks)
+        self.user_callbacks = list(callbacks)
         self.resume = resume
         self.run_dir = Path(out_dir or recipe.out_dir or "runs/run")
         if recipe.train.threads:
@@ -54,13 +51,84 @@ class Trainer:
         self.accelerator = build_accelerator(recipe)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
-        self._user_model, self._user_train, self._user_val = model, train_data, val_data
+        self._user_model, self._user_val = model, val_data
         self.data = self.tokenizer = None
         if train_data is None:
             self._build_data()
         self.recipe = self._resolve(recipe)
         self.total_steps = self.recipe.total_steps(self.world)
         self.schedule = Schedule.from_recipe(self.recipe, self.world, self.total_steps)
+        self.batches = TrainBatches(self, train_data)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        state = self._setup()
+        self.emit("pre_train", state)
+        while state.step < self.total_steps and not state.should_stop:
+            self.emit("pre_step", state)
+            self.train_step(state)
+            if state.rewind_to is not None:  # a callback asked to redo training from a checkpoint
+                self.restore(state, state.rewind_to)
+                continue
+            self.emit("post_step", state)
+        self.emit("post_train", state)
+        return self._finish(state)
+
+    def train_step(self, state: TrainState, schedule: Schedule | None = None, hooks: bool = True) -> None:
+        """One optimizer step at state.step (LR from `schedule`, default the run's); advances the state."""
+        state.lr = (schedule or self.schedule)(state.step)
+        set_lr(self.optimizer, state.lr)
+        state.loss, state.metrics = self.forward_backward(state.data_step(state.step))
+        self.optimizer_step(state, hooks)
+        state.step += 1
+        state.tokens += self.recipe.global_tokens_per_step(self.world)
+
+    def forward_backward(self, data_step: int) -> tuple[torch.Tensor, dict]:
+        """Gradients of one step's grad_accum micro-batches; returns the mean loss and metrics (on the device)."""
+        ga = self.recipe.train.grad_accum
+        total = torch.zeros((), device=self.accelerator.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for micro in range(ga):
+            x, y = self._split(self.batches.get(data_step, micro))
+            sync = micro == ga - 1
+            with distributed.no_sync(self.accelerator, self.model, sync):
+                with self.accelerator.autocast():
+                    loss, m = self._forward(x, y)
+                distributed.backward(self.accelerator, self.model, loss / ga, sync)
+            total += loss.detach().float() / ga
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0) + v.detach().float() / ga
+        return total, metrics
+
+    def optimizer_step(self, state: TrainState, hooks: bool = True) -> None:
+        """clip -> nan_policy=skip check -> pre_optim_step hooks -> optimizer.step -> model hook -> zero_grad."""
+        r = self.recipe.train
+        state.grad_norm = distributed.grad_norm(self.accelerator, self.model, r.clip)
+        state.skip_update = False
+        # nan_policy=skip decides every step, so it syncs every step
+        if r.nan_policy == "skip" and not torch.isfinite(state.loss + state.grad_norm).item():
+            state.skip_update = True
+        elif hooks:
+            self.emit("pre_optim_step", state)
+        if state.skip_update:
+            state.skipped += 1
+            if state.skipped > r.max_skips:
+                raise TrainingHalted(f"step {state.step + 1}: {state.skipped} steps skipped "
+                                     f"(train.max_skips={r.max_skips}); halting")
+        else:
+            self.optimizer.step()
+            self.after_optimizer_step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def after_optimizer_step(self) -> None:
+        """Model hook outside the gradient (e.g. MoE aux-free bias updates): `model.after_optimizer_step()`."""
+        hook = getattr(self.accelerator.unwrap_model(self.model), "after_optimizer_step", None)
+        if hook is not None:
+            hook()
+
+    def emit(self, hook: str, state: TrainState) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(state)
 
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
@@ -89,39 +157,67 @@ class Trainer:
             raise RecipeError(f"{self.run_dir}: run directory already holds a run; pass --resume or another --out")
         return None
 
-    def _setup(self):
+    def _setup(self) -> TrainState:
         from .models import build_model
 
         resume_from = self._prepare_run_dir()
-        acc = self.accelerator
+        acc, r = self.accelerator, self.recipe
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.recipe.dump(self.run_dir / "recipe.yaml")
-        torch.manual_seed(self.recipe.train.seed)
-        model = self._user_model or build_model(self.recipe.model)
-        self.model_config_known = self._user_model is None
+            r.dump(self.run_dir / "recipe.yaml")
+        torch.manual_seed(r.train.seed)
+        model = self._user_model or build_model(r.model)
         self._call_with_targets = "targets" in inspect.signature(model.forward).parameters
         # distributed: activation checkpointing + CPU FSDP2 before the optimizer sees the parameters
-        model = distributed.wrap_model(model, self.recipe, acc)
-        optimizer = distributed.build_optimizer(model, self.recipe, acc)
-        if self.recipe.train.compile:
+        model = distributed.wrap_model(model, r, acc)
+        optimizer = distributed.build_optimizer(model, r, acc)
+        if r.train.compile:
             model = torch.compile(model)
-        self.model, self.optimizer = distributed.prepare(acc, model, optimizer, self.recipe)
-        state = {"step": 0, "tokens": 0, "skipped": 0}
+        self.model, self.optimizer = distributed.prepare(acc, model, optimizer, r)
+        self.flops_per_token = None if self._user_model else accounting.flops_per_token(r.model, r.train.seq_len)
+        self.peak_flops = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
+                                                r.logging.peak_tflops)
+        self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
+        builtin = [DecayBranches(self.schedule, r, self.world),
+                   self.metrics, Evaluator(), Checkpointer()]
+        self.callbacks = [cb for cb in builtin if cb is not None] + self.user_callbacks
+        state = TrainState(self)
         if resume_from is not None:
-            state = checkpoint.load_checkpoint(acc, resume_from)
-            if acc.is_main_process:
-                truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+            self.restore(state, resume_from)
+        self.model.train()
+        self.t_start = time.time()
         return state
 
-    # ------------------------------------------------------------------ batches
-    def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.data is not None:
-            seq = self.data.train.batch(step, micro, self.rank, self.world)
-        else:
-            seq = next(self._user_iter)
-        return self._split(seq)
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: TrainState) -> Path:
+        """Collective. Halts instead when a parameter is non-finite (the last good checkpoint is kept)."""
+        bad = torch.tensor(0.0, device=self.accelerator.device)
+        for p in self.model.parameters():
+            bad += (~torch.isfinite(distributed.local_tensor(p.detach()))).sum()
+        if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
+            self.halt(state, f"step {state.step}: parameters are non-finite")
+        saved = state.to_dict()
+        kept = {type(cb).__name__: cb.state_dict() for cb in self.callbacks}
+        saved["callbacks"] = {name: value for name, value in kept.items() if value is not None}
+        state.checkpoint = checkpoint.save_checkpoint(self.accelerator, self.run_dir, state.step, saved,
+                                                      self.recipe.train.keep_ckpts)
+        self.emit("on_checkpoint", state)
+        return state.checkpoint
 
+    def restore(self, state: TrainState, path: Path) -> None:
+        """Load a checkpoint into the run, keeping the data windows already decided to skip."""
+        decided = state.data_skips
+        saved = checkpoint.load_checkpoint(self.accelerator, path)
+        state.load(saved)
+        state.data_skips = sorted(set(state.data_skips) | set(decided))
+        state.checkpoint, state.rewind_to = path, None
+        for cb in self.callbacks:
+            kept = saved.get("callbacks", {}).get(type(cb).__name__)
+            if kept is not None:
+                cb.load_state_dict(kept)
+        self.emit("on_restore", state)
+
+    # ------------------------------------------------------------------ batches
     def _split(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, dict):
             x = batch["input_ids"]
@@ -140,14 +236,6 @@ class Trainer:
         if dev.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
             t = t.pin_memory()
         return t.to(dev, non_blocking=True)
-
-    def _user_batches(self, skip: int):
-        while True:
-            for i, batch in enumerate(self._user_train):
-                if skip > 0:
-                    skip -= 1
-                    continue
-                yield batch
 
     def _val_batches(self) -> list:
         if self.data is not None:
@@ -180,145 +268,31 @@ class Trainer:
         mean = self.accelerator.reduce(total / len(batches), reduction="mean")
         return float(mean)
 
-    # ------------------------------------------------------------------ loop
-    def fit(self) -> dict:
-        state = self._setup()
-        acc, r = self.accelerator, self.recipe
-        if self.data is None:
-            self._user_iter = iter(self._user_batches(state["step"] * r.train.grad_accum))
-        log = MetricsLogger(self.run_dir, r, self.total_steps, state["step"], acc.is_main_process)
-        self.branches = BranchRunner(self, state["step"])  # WSD decay branches (branches.py)
-        flops_tok = accounting.flops_per_token(r.model, r.train.seq_len) if self.model_config_known else None
-        peak = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
-                                     r.logging.peak_tflops)
-        tokens_step = r.tokens_per_step * self.world
-        t_start = t_log = time.time()
-        loss_acc = torch.zeros((), device=acc.device)
-        metric_acc: dict[str, torch.Tensor] = {}
-        steps_in_window, last_train_loss, val_loss = 0, math.nan, None
-        self.model.train()
-        for step in range(state["step"], self.total_steps):
-            self.branches.maybe_run(step)  # may train a decay branch, then restores the exact state
-            lr = self.schedule(step)
-            set_lr(self.optimizer, lr)
-            step_loss, step_metrics = self._train_step(step)
-            grad_norm = self._clip()
-            if r.train.nan_policy == "skip" and not torch.isfinite(step_loss + grad_norm).item():
-                state["skipped"] += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                if state["skipped"] > r.train.max_skips:
-                    raise TrainingHalted(f"step {step}: {state['skipped']} non-finite steps skipped "
-                                         f"(train.max_skips={r.train.max_skips}); halting")
-            else:
-                self.optimizer.step()
-                self.after_optimizer_step()
-                self.optimizer.zero_grad(set_to_none=True)
-            state["step"], state["tokens"] = step + 1, state["tokens"] + tokens_step
-            loss_acc += step_loss
-            for k, v in step_metrics.items():
-                metric_acc[k] = metric_acc.get(k, 0) + v
-            steps_in_window += 1
-            done = step + 1 == self.total_steps
-            row = None
-            if (step + 1) % r.logging.log_every == 0 or done:
-                now = time.time()
-                row = self._log_row(state, lr, loss_acc / steps_in_window, grad_norm, metric_acc,
-                                    steps_in_window, now - t_log, flops_tok, peak)
-                last_train_loss = row["loss"]
-                if not math.isfinite(last_train_loss) and r.train.nan_policy == "halt":
-                    self._halt(state, log, f"step {step + 1}: loss is {last_train_loss}")
-                log.log(row)
-                loss_acc.zero_()
-                metric_acc, steps_in_window, t_log = {}, 0, now
-            log.advance()
-            if (step + 1) % r.train.eval_every == 0 or done:
-                val_loss = self.evaluate()
-                if val_loss is not None:
-                    log.log({"step": step + 1, "tokens": state["tokens"], "val_loss": val_loss})
-                    for cb in self.callbacks:
-                        cb.on_eval(self, step + 1, val_loss)
-            if (r.train.ckpt_every and (step + 1) % r.train.ckpt_every == 0) or done:
-                self._checkpoint(state, log)
-            for cb in self.callbacks:
-                cb.on_step_end(self, step + 1, row)
-        log.close()
-        return self._finish(state, last_train_loss, val_loss, time.time() - t_start, flops_tok)
-
-    def _train_step(self, step: int) -> tuple[torch.Tensor, dict]:
-        ga = self.recipe.train.grad_accum
-        total = torch.zeros((), device=self.accelerator.device)
-        metrics: dict[str, torch.Tensor] = {}
-        for micro in range(ga):
-            x, y = self._batch(step, micro)
-            sync = micro == ga - 1
-            with distributed.no_sync(self.accelerator, self.model, sync):
-                with self.accelerator.autocast():
-                    loss, m = self._forward(x, y)
-                distributed.backward(self.accelerator, self.model, loss / ga, sync)
-            total += loss.detach().float() / ga
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0) + v.detach().float() / ga
-        return total, metrics
-
-    def after_optimizer_step(self) -> None:
-        """Model hook outside the gradient (e.g. MoE aux-free bias updates): `model.after_optimizer_step()`."""
-        hook = getattr(self.accelerator.unwrap_model(self.model), "after_optimizer_step", None)
-        if hook is not None:
-            hook()
-
-    def _clip(self) -> torch.Tensor:
-        return distributed.grad_norm(self.accelerator, self.model, self.recipe.train.clip)
-
-    def _log_row(self, state, lr, loss, grad_norm, metric_acc, n_steps, dt, flops_tok, peak) -> dict:
-        acc = self.accelerator
-        loss = float(acc.reduce(loss.detach(), reduction="mean"))
-        tokens_per_s = self.recipe.tokens_per_step * self.world * n_steps / max(dt, 1e-9)
-        row = {"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": lr,
-               "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, "mfu": None}
-        if flops_tok and peak:
-            row["mfu"] = flops_tok * tokens_per_s / self.world / peak
-        for k, v in metric_acc.items():
-            row[k] = float(acc.reduce(v / n_steps, reduction="mean"))
-        if acc.device.type == "cuda":
-            row["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            import psutil
-
-            row["mem_gb"] = psutil.Process().memory_info().rss / 2**30
-        if state["skipped"]:
-            row["skipped_steps"] = state["skipped"]
-        return row
-
-    def _checkpoint(self, state: dict, log: MetricsLogger) -> None:
-        bad = torch.tensor(0.0, device=self.accelerator.device)
-        for p in self.model.parameters():
-            bad += (~torch.isfinite(distributed.local_tensor(p.detach()))).sum()
-        if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
-            self._halt(state, log, f"step {state['step']}: parameters are non-finite")
-        path = checkpoint.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
-                                          self.recipe.train.keep_ckpts)
-        for cb in self.callbacks:
-            cb.on_checkpoint(self, state["step"], path)
-
-    def _halt(self, state: dict, log: MetricsLogger, why: str) -> None:
+    # ------------------------------------------------------------------ the end
+    def halt(self, state: TrainState, why: str) -> None:
+        """Stop the run as failed: summary.json says why; raises TrainingHalted."""
         last = checkpoint.latest_checkpoint(self.run_dir)
         msg = f"{why} (train.nan_policy=halt); last good checkpoint: {last or 'none'}"
-        log.close()
+        self.metrics.close()
         if self.accelerator.is_main_process:
-            self._write_summary({"status": "failed", "error": msg, "steps": state["step"]})
+            self._write_summary({"status": "failed", "error": msg, "steps": state.step})
         raise TrainingHalted(msg)
 
-    def _finish(self, state, train_loss, val_loss, wall, flops_tok) -> dict:
-        summary = {"status": "completed", "final_train_loss": train_loss, "final_val_loss": val_loss,
-                   "tokens": state["tokens"], "steps": state["step"], "wall_time_s": wall,
-                   "lr": self.recipe.optim.lr, "batch_tokens": self.recipe.tokens_per_step * self.world,
-                   "seq_len": self.recipe.train.seq_len, "skipped_steps": state["skipped"],
-                   "branches": self.branches.results}
-        if self.model_config_known:
-            c = accounting.count_params(self.recipe.model)
+    def _finish(self, state: TrainState) -> dict:
+        self.metrics.close()
+        r, train_loss = self.recipe, (state.last_row or {}).get("loss", float("nan"))
+        summary = {"status": "completed" if state.done else "stopped", "final_train_loss": train_loss,
+                   "final_val_loss": state.val_loss, "tokens": state.tokens, "steps": state.step,
+                   "wall_time_s": time.time() - self.t_start, "lr": r.optim.lr,
+                   "batch_tokens": r.global_tokens_per_step(self.world), "seq_len": r.train.seq_len,
+                   "skipped_steps": state.skipped, "branches": self._branch_results()}
+        if state.data_skips:
+            summary["data_skips"] = state.data_skips
+        if self.flops_per_token is not None:
+            c = accounting.count_params(r.model)
             summary.update(params=c.total, non_embedding_params=c.non_embedding, active_params=c.active,
                            active_non_embedding_params=c.active_non_embedding,
-                           flops_per_token=flops_tok, flops=flops_tok * state["tokens"])
+                           flops_per_token=self.flops_per_token, flops=self.flops_per_token * state.tokens)
         else:
             summary["params"] = sum(p.numel() for p in self.model.parameters())
         if self.accelerator.is_main_process:
@@ -326,6 +300,35 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return summary
 
+    def _branch_results(self) -> list[dict]:
+        return next((cb.results for cb in self.callbacks if isinstance(cb, DecayBranches)), [])
+
     def _write_summary(self, summary: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+class TrainBatches:
+    """Training batches by data step: the sampler's (a pure function of the step), or the user's iterable
+    read in order, cycled, and re-read from its start when a decay branch or a rewind goes back."""
+
+    def __init__(self, trainer: Trainer, user_data: Iterable | None):
+        self.trainer, self.user_data = trainer, user_data
+        self._iter, self._next = None, 0
+
+    def get(self, data_step: int, micro: int):
+        t = self.trainer
+        if self.user_data is None:
+            return t.data.train.batch(data_step, micro, t.rank, t.world)
+        index = data_step * t.recipe.train.grad_accum + micro
+        if self._iter is None or index < self._next:
+            self._iter, self._next = self._cycle(), 0
+        while self._next < index:
+            next(self._iter)
+            self._next += 1
+        self._next += 1
+        return next(self._iter)
+
+    def _cycle(self):
+        while True:
+            yield from self.user_data

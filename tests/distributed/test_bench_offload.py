@@ -1,7 +1,6 @@
-"""scripts/bench_offload.py: bisection, the markdown section, and a tiny real CPU run."""
+"""windtunnel.benchmarks.offload (scripts/bench_offload.py): bisection, the markdown section, and a tiny real CPU run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,10 +13,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts/bench_offload.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_offload", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from windtunnel.benchmarks import offload
+
+    return offload
 
 
 @pytest.mark.parametrize("limit, hi", [(5, 8), (0, 8), (8, 8), (1, 1), (37, 64)])

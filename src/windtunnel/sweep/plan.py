@@ -291,7 +291,7 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
 def _account(name: str, overrides: dict, recipe: Recipe, world: int) -> PlannedRun:
     model = replace(recipe.model, vocab_size=recipe.model.vocab_size or planning_vocab(recipe.to_dict()))
     per_token = flops_per_token(model, recipe.train.seq_len)
-    batch = recipe.tokens_per_step * world
+    batch = recipe.global_tokens_per_step(world)
     tokens = recipe.total_steps(world) * batch
     w = recipe.schedule.wsd
     branch_tokens = sum(round(w.decay_frac * b / batch) * batch for b in w.branches) \

@@ -30,9 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from unittest import mock
 
-from .recipe import Recipe, RecipeError
+from ..recipe import Recipe, RecipeError
 
 GPT_125M = {"d_model": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 4, "ffn_hidden": 2048,
             "vocab_size": 32000, "tie_embeddings": False, "loss_chunk": 8192}
@@ -194,8 +193,8 @@ def time_loop(spec: Spec, recipe: Recipe, device) -> tuple[float, float]:
     """The reference loop (as shared/bench/hf_baseline.py): returns (seconds per step, last loss)."""
     import torch
 
-    from .models import build_model
-    from .optim import build_optimizer
+    from ..models import build_model
+    from ..optim import build_optimizer
 
     torch.manual_seed(0)
     is_hf = spec.impl == "hf"
@@ -229,32 +228,41 @@ def time_loop(spec: Spec, recipe: Recipe, device) -> tuple[float, float]:
     return clock.finish(spec.steps), float(loss)
 
 
-class _WindowDone(Exception):
-    """Raised by the timing callback to leave Trainer.fit once the window is measured."""
-
-
 def time_trainer(spec: Spec, recipe: Recipe, device) -> tuple[float, float]:
     """The real windtunnel Trainer on random batches; timed by a callback between two syncs."""
-    from .trainer import Callback, Trainer
+    from ..trainer import Callback, Trainer
 
     class Window(Callback):
         clock, seconds = _Clock(device), None
 
-        def on_step_end(self, trainer, step, row):
-            if step == spec.warmup + spec.steps:
+        def post_step(self, state):
+            if state.step == spec.warmup + spec.steps:
                 self.seconds = self.clock.finish(spec.steps)
-                raise _WindowDone
-            if step >= spec.warmup:
+                state.should_stop = True  # ckpt_every=0: no checkpoint on the way out
+            elif state.step >= spec.warmup:
                 self.clock.mark()
 
     window = Window()
     batches = random_batches(recipe.model.vocab_size, spec.batch, spec.seq)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(recipe, train_data=batches, callbacks=[window], out_dir=out)
-        with contextlib.suppress(_WindowDone):
-            trainer.fit()  # stops before the final checkpoint, which the window must not include
+        Trainer(recipe, train_data=batches, callbacks=[window], out_dir=out).fit()
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return window.seconds, [r["loss"] for r in rows if "loss" in r][-1]
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables for the duration of the block, then put the old values back."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _prime(spec: Spec, timer, device) -> None:
@@ -272,7 +280,7 @@ def measure(spec: Spec) -> dict:
     """Time one row; errors become a row with status "error" (the table still gets written)."""
     import torch
 
-    from . import accounting
+    from .. import accounting
 
     row = {"preset": spec.name, "impl": spec.impl, "compile": spec.compile, "precision": spec.precision,
            "batch": spec.batch, "seq": spec.seq, "steps": spec.steps, "status": "ok"}
@@ -284,7 +292,7 @@ def measure(spec: Spec) -> dict:
         device = torch.device(spec.device)
         timer = time_trainer if spec.impl in ("windtunnel", "mtp1") else time_loop
         # the Trainer's accelerator follows distributed.use_cuda(): make it agree with --device
-        with mock.patch.dict(os.environ, {"WINDTUNNEL_CPU": "1"} if device.type == "cpu" else {}):
+        with environment(**({"WINDTUNNEL_CPU": "1"} if device.type == "cpu" else {})):
             if device.type == "cpu" and spec.isolated:
                 _prime(spec, timer, device)
             memory = _Memory(device, spec.isolated)
