@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,28 @@ def test_branches_survive_kill_and_resume(tmp_path):
     resumed = fit(r, tmp_path / "part", resume=True)
     assert resumed["branches"] == full["branches"]
     assert main_losses(tmp_path / "part") == main_losses(tmp_path / "full")
+
+
+def test_branch_steps_honour_nan_policy_skip(tmp_path):
+    """The branch's update goes through the trainer's optimizer_step: a NaN loss there is skipped too."""
+    from dataclasses import replace
+
+    from windtunnel.models import build_model
+
+    class NaNOnCall(torch.nn.Module):
+        def __init__(self, model, bad_call):
+            super().__init__()
+            self.model, self.bad_call, self.calls = model, bad_call, 0
+
+        def forward(self, input_ids, targets=None):
+            self.calls += 1
+            out = self.model(input_ids, targets)
+            return {**out, "loss": out["loss"] * float("nan")} if self.calls == self.bad_call else out
+
+    r = recipe([8 * BATCH_TOKENS], train={"nan_policy": "skip"})
+    model = NaNOnCall(build_model(replace(r.model, max_seq_len=16)), bad_call=7)  # the branch's first step
+    s = fit(r, tmp_path, model=model)
+    assert s["branches"][0]["val_loss"] is not None and 0 < s["branches"][0]["val_loss"] < 10
+    branch_rows = [row for row in rows(tmp_path) if row.get("branch_tokens") == 512 and "loss" in row]
+    assert math.isnan(branch_rows[0]["loss"]) and math.isfinite(branch_rows[1]["loss"])
+    assert s["skipped_steps"] == 0  # the main run's steps were all taken

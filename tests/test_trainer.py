@@ -197,3 +197,103 @@ def test_clip_knob_limits_the_update(tmp_path):
         return sum((p.detach() - b).abs().sum().item() for p, b in zip(model.parameters(), before))
 
     assert change(1e-12, "tiny") < 0.01 * change(0.0, "none")
+
+
+# ----------------------------------------------------------------------------- the callback API
+
+
+class Hooks(Callback):
+    """Records which hook ran at which step; optionally stops or drops updates."""
+
+    def __init__(self, stop_at=None, drop=()):
+        self.calls, self.stop_at, self.drop = [], stop_at, set(drop)
+
+    def __getattribute__(self, name):
+        from windtunnel.callbacks import HOOKS
+
+        if name in HOOKS:
+            return lambda state: self.record(name, state)
+        return super().__getattribute__(name)
+
+    def record(self, name, state):
+        self.calls.append((name, state.step))
+        if name == "pre_optim_step" and state.step in self.drop:
+            state.skip_update = True
+        if name == "post_step" and state.step == self.stop_at:
+            state.should_stop = True
+
+
+def test_hooks_run_in_documented_order(tmp_path):
+    hooks = Hooks()
+    data = token_batches(2)
+    Trainer(tiny_recipe(steps=4, eval_every=2, ckpt_every=4), train_data=data, val_data=data, out_dir=tmp_path,
+            callbacks=[hooks]).fit()
+    step = ["pre_step", "pre_optim_step"]
+    # evaluation runs in post_step before user callbacks, the checkpoint after them
+    assert [n for n, _ in hooks.calls] == ["pre_train", *step, "post_step", *step, "on_eval", "post_step",
+                                           *step, "post_step", *step, "on_eval", "post_step", "on_checkpoint",
+                                           "post_train"]
+    assert [s for n, s in hooks.calls if n in ("pre_step", "post_step")] == [0, 1, 1, 2, 2, 3, 3, 4]
+
+
+def test_should_stop_ends_run_with_checkpoint_and_resumes_exactly(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    Trainer(tiny_recipe(ckpt_every=5), train_data=token_batches(), out_dir=full).fit()
+    stopped = Trainer(tiny_recipe(ckpt_every=5), train_data=token_batches(), out_dir=part,
+                      callbacks=[Hooks(stop_at=7)]).fit()
+    assert stopped["status"] == "stopped" and stopped["steps"] == 7
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step_00000005", "step_00000007"]
+    Trainer(tiny_recipe(ckpt_every=5), train_data=token_batches(), out_dir=part, resume=True).fit()
+    assert losses(part) == losses(full)
+
+
+def test_stop_without_periodic_checkpoints_writes_none(tmp_path):
+    r = tiny_recipe(ckpt_every=0).replace(["logging.log_every=5"])
+    s = Trainer(r, train_data=token_batches(), out_dir=tmp_path, callbacks=[Hooks(stop_at=3)]).fit()
+    assert s["status"] == "stopped" and not (tmp_path / "checkpoints").exists()
+    assert [step for step, _ in losses(tmp_path)] == [3]  # the partial log window is written
+
+
+def test_skip_update_drops_exactly_that_update(tmp_path):
+    r = tiny_recipe(steps=3, eval_every=100, ckpt_every=0)
+    params = {}
+    for name, drop in [("all", ()), ("drop", (1,))]:
+        torch.manual_seed(0)
+        model = model_for(r)
+        s = Trainer(r, model=model, train_data=token_batches(), out_dir=tmp_path / name,
+                    callbacks=[Hooks(drop=drop)]).fit()
+        params[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert s["skipped_steps"] == len(drop)
+    assert not torch.equal(params["all"], params["drop"])
+    assert losses(tmp_path / "all")[:2] == losses(tmp_path / "drop")[:2]  # same until the dropped update
+
+
+class Counter(Callback):
+    """Keeps a count across resumes through the checkpoint."""
+
+    def __init__(self):
+        self.count, self.loaded = 0, None
+
+    def post_step(self, state):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, saved):
+        self.count = self.loaded = saved["count"]
+
+
+def test_callback_state_is_checkpointed_and_restored(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path, callbacks=[Counter(), CrashAt(6)]).fit()
+    counter = Counter()
+    Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path, resume=True, callbacks=[counter]).fit()
+    assert counter.loaded == 4 and counter.count == 12
+
+
+def test_data_step_passes_over_skipped_data():
+    from windtunnel import TrainState
+
+    state = TrainState(trainer=None, data_skips=[2, 3, 7])
+    assert [state.data_step(s) for s in range(7)] == [0, 1, 4, 5, 6, 8, 9]

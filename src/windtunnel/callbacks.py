@@ -16,14 +16,15 @@ One optimizer step, and where each hook runs (`Trainer.fit`):
       clip                         state.loss, state.grad_norm, state.metrics hold device tensors
       pre_optim_step               set state.skip_update to drop this step's update
       optimizer.step, zero_grad
-      post_step                    state.step += 1; metrics row, eval, checkpoint run here, in that order
+      post_step                    state.step += 1; metrics row, eval, user callbacks, checkpoint
         on_eval                    after an evaluation (state.val_loss)
         on_checkpoint              after a checkpoint is complete on disk (state.checkpoint)
     on_restore                     after a checkpoint was loaded into the run (resume, spike rewind)
     post_train                     once; then summary.json
 
-The built-in pieces (metrics logger, evaluation, checkpointing, decay branches, spike detection) are
-callbacks too and run before user callbacks. Setting `state.should_stop = True` ends the run after the
+The built-in pieces are callbacks too: decay branches, spike detection, the metrics logger and
+evaluation run before user callbacks, checkpointing after them (so a checkpoint holds every callback's
+state after the step). Setting `state.should_stop = True` ends the run after the
 current step: the last metrics window is logged, a checkpoint is written when train.ckpt_every > 0, and
 summary.json says "stopped". A callback that keeps state across a resume returns it from `state_dict()`
 (JSON-able) and gets it back in `load_state_dict()`; it is stored in the checkpoint's trainer_state.json.

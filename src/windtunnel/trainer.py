@@ -178,9 +178,9 @@ class Trainer:
         self.peak_flops = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
-        builtin = [DecayBranches(self.schedule, r, self.world),
-                   self.metrics, Evaluator(), Checkpointer()]
-        self.callbacks = [cb for cb in builtin if cb is not None] + self.user_callbacks
+        # the checkpoint comes last, so that it holds every callback's state after the step
+        first = [DecayBranches(self.schedule, r, self.world), self.metrics, Evaluator()]
+        self.callbacks = [cb for cb in first if cb is not None] + self.user_callbacks + [Checkpointer()]
         state = TrainState(self)
         if resume_from is not None:
             self.restore(state, resume_from)
