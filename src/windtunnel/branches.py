@@ -74,6 +74,11 @@ class DecayBranches(Callback):
         self.results: list[dict] = []
         self.pending: dict[int, Branch] = {}
 
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, schedule: Schedule, world: int) -> "DecayBranches | None":
+        """None when the recipe asks for no branches."""
+        return cls(schedule, recipe, world) if recipe.schedule.wsd.branches else None
+
     def pre_train(self, state: TrainState) -> None:
         path = state.run_dir / RESULTS_FILE
         self.results = json.loads(path.read_text()) if state.step and path.exists() else []

@@ -179,7 +179,7 @@ class Trainer:
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
         # the checkpoint comes last, so that it holds every callback's state after the step
-        first = [DecayBranches(self.schedule, r, self.world), self.metrics, Evaluator()]
+        first = [DecayBranches.from_recipe(r, self.schedule, self.world), self.metrics, Evaluator()]
         self.callbacks = [cb for cb in first if cb is not None] + self.user_callbacks + [Checkpointer()]
         state = TrainState(self)
         if resume_from is not None:
