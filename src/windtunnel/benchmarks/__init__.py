@@ -1,3 +1,4 @@
-"""Benchmarks, kept out of the library's import path: `windtunnel bench` (throughput.py, windtunnel vs
-HF transformers) and the offload capacity probe (offload.py; `python scripts/bench_offload.py`).
-Nothing in windtunnel imports this package; the CLI loads it on `windtunnel bench`."""
+"""Benchmarks, kept out of the library's import path (nothing in windtunnel imports this package; the
+CLI loads it on `windtunnel bench`): throughput.py times windtunnel against HF transformers and
+report.py writes its table; offload.py finds the largest model per memory strategy
+(`python scripts/bench_offload.py`)."""
