@@ -87,7 +87,7 @@ class MetricsLogger(Callback):
         row = self.row(state, now - self.t_window)
         state.row = state.last_row = row
         if not math.isfinite(row["loss"]) and self.recipe.train.nan_policy == "halt":
-            state.trainer.halt(state, f"step {state.step}: loss is {row['loss']}")
+            state.trainer.halt(state, f"step {state.step}: loss is {row['loss']} (train.nan_policy=halt)")
         self.log(row)
         self._reset_window(now)
 

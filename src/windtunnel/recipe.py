@@ -171,6 +171,13 @@ class TrainConfig:
     compile: bool = False
     nan_policy: Literal["halt", "skip"] = "halt"
     max_skips: int = 10  # with nan_policy=skip: halt after this many consecutive bad steps
+    # Loss spikes (spikes.py): a step whose loss is over spike_threshold standard deviations above its
+    # running (EMA) mean. off | log (an event row in metrics.jsonl) | skip (also drop that step's update)
+    # | rewind (reload the last checkpoint and never train on the spike's data window again). skip and
+    # rewind read the loss every step (a host sync per step); more than max_skips skips/rewinds halt.
+    spike_policy: Literal["off", "log", "skip", "rewind"] = "off"
+    spike_threshold: float = 6.0  # z-score above which a step's loss is a spike
+    spike_window: int = 1  # rewind: data steps passed over, from the spike's on
     threads: int | None = None  # torch CPU threads; None = leave torch's default
 
 
@@ -447,6 +454,13 @@ def validate(r: Recipe, source: str) -> None:
         fail("distributed.zero_stage", f"must be 0-3, got {d.zero_stage}")
     if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
         fail("distributed.nvme_path", "nvme offload needs distributed.nvme_path")
+    if t.spike_threshold <= 0:
+        fail("train.spike_threshold", f"must be positive, got {t.spike_threshold}")
+    if t.spike_window < 1:
+        fail("train.spike_window", f"must be >= 1, got {t.spike_window}")
+    if t.spike_policy == "skip" and d.strategy == "deepspeed":
+        fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
+                                   "use log or rewind")
 
 
 def _validate_moe_mtp(m: ModelConfig, fail) -> None:

@@ -30,6 +30,7 @@ from .metrics import MetricsLogger
 from .optim import set_lr
 from .recipe import Recipe, RecipeError
 from .schedules import Schedule
+from .spikes import SpikeMonitor
 
 __all__ = ["Callback", "TrainState", "Trainer", "TrainingHalted"]
 
@@ -179,7 +180,8 @@ class Trainer:
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
         # the checkpoint comes last, so that it holds every callback's state after the step
-        first = [DecayBranches.from_recipe(r, self.schedule, self.world), self.metrics, Evaluator()]
+        first = [SpikeMonitor.from_recipe(r), DecayBranches.from_recipe(r, self.schedule, self.world),
+                 self.metrics, Evaluator()]
         self.callbacks = [cb for cb in first if cb is not None] + self.user_callbacks + [Checkpointer()]
         state = TrainState(self)
         if resume_from is not None:
@@ -195,7 +197,7 @@ class Trainer:
         for p in self.model.parameters():
             bad += (~torch.isfinite(distributed.local_tensor(p.detach()))).sum()
         if float(self.accelerator.reduce(bad, reduction="sum")) > 0:
-            self.halt(state, f"step {state.step}: parameters are non-finite")
+            self.halt(state, f"step {state.step}: parameters are non-finite (train.nan_policy=halt)")
         saved = state.to_dict()
         kept = {type(cb).__name__: cb.state_dict() for cb in self.callbacks}
         saved["callbacks"] = {name: value for name, value in kept.items() if value is not None}
@@ -272,7 +274,7 @@ class Trainer:
     def halt(self, state: TrainState, why: str) -> None:
         """Stop the run as failed: summary.json says why; raises TrainingHalted."""
         last = checkpoint.latest_checkpoint(self.run_dir)
-        msg = f"{why} (train.nan_policy=halt); last good checkpoint: {last or 'none'}"
+        msg = f"{why}; last good checkpoint: {last or 'none'}"
         self.metrics.close()
         if self.accelerator.is_main_process:
             self._write_summary({"status": "failed", "error": msg, "steps": state.step})
