@@ -5,8 +5,9 @@ matches a run planned for that length (Hägele et al. 2024, "Scaling Laws and Co
 Beyond Fixed Training Durations"; MiniCPM, Hu et al. 2024). For each `schedule.wsd.branches` token count
 D (S = D / global tokens per step), when the main run reaches step S - round(decay_frac * S) the
 `DecayBranches` callback snapshots model, optimizer and RNG state (accelerate save_state, so every
-strategy works), trains the decay steps with the LR of a WSD schedule of S steps (same warmup, same shape), evaluates, records
-{"tokens", "val_loss", "flops", "step"}, restores the snapshot and continues the main run unchanged.
+strategy works), trains the decay steps with the LR of a WSD schedule of S steps (same warmup, same
+shape) through the trainer's own train_step, evaluates, records {"tokens", "val_loss", "flops",
+"step"}, restores the snapshot and continues the main run unchanged.
 Branch results survive a kill: they are kept in <run>/branches.json and not redone on resume.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,10 @@ class Trainer:
         self.emit("post_train", state)
         return self._finish(state)
 
-    def train_step(self, state: TrainState, schedule: Schedule | None = None, hooks: bool = True) -> None:
-        """One optimizer step at state.step (LR from `schedule`, default the run's); advances the state."""
+    def train_step(self, state: TrainState, schedule: Callable[[int], float] | None = None,
+                   hooks: bool = True) -> None:
+        """One optimizer step at state.step (LR from `schedule`, default the run's); advances the state.
+        hooks=False leaves out the pre_optim_step callbacks (a decay branch's steps are not the run's)."""
         state.lr = (schedule or self.schedule)(state.step)
         set_lr(self.optimizer, state.lr)
         state.loss, state.metrics = self.forward_backward(state.data_step(state.step))
@@ -167,7 +169,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             r.dump(self.run_dir / "recipe.yaml")
         torch.manual_seed(r.train.seed)
-        model = self._user_model or build_model(r.model)
+        model = self._user_model if self._user_model is not None else build_model(r.model)
         self._call_with_targets = "targets" in inspect.signature(model.forward).parameters
         # distributed: activation checkpointing + CPU FSDP2 before the optimizer sees the parameters
         model = distributed.wrap_model(model, r, acc)
@@ -175,7 +177,9 @@ class Trainer:
         if r.train.compile:
             model = torch.compile(model)
         self.model, self.optimizer = distributed.prepare(acc, model, optimizer, r)
-        self.flops_per_token = None if self._user_model else accounting.flops_per_token(r.model, r.train.seq_len)
+        # FLOPs are known for the models the recipe builds; a user's module may be anything
+        known = self._user_model is None
+        self.flops_per_token = accounting.flops_per_token(r.model, r.train.seq_len) if known else None
         self.peak_flops = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)

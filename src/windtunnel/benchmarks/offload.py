@@ -158,7 +158,8 @@ def largest_fitting(fits, hi: int) -> tuple[int, dict | None]:
 
 
 def probe_subprocess(args, config: str, layers: int) -> tuple[bool, dict]:
-    cmd = [sys.executable, "-m", "windtunnel.benchmarks.offload", "--probe", config, "--layers", str(layers), "--seq-len", str(args.seq_len),
+    cmd = [sys.executable, "-m", "windtunnel.benchmarks.offload", "--probe", config, "--layers", str(layers),
+           "--seq-len", str(args.seq_len),
            "--steps", str(args.steps), "--width-per-layer", str(args.width_per_layer),
            "--head-dim", str(args.head_dim)] + (["--cpu"] if args.cpu else [])
     if args.nvme_path:
