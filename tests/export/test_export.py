@@ -1,7 +1,4 @@
 import json
-import sys
-import types
-from dataclasses import replace
 
 import pytest
 import torch
@@ -10,9 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from windtunnel import Recipe, Trainer, mup
 from windtunnel.cli import main as cli_main
-from windtunnel.export import ExportError, export_run, llama
+from windtunnel.export import ExportError, export_run
 from windtunnel.models import build_model
-from windtunnel.recipe import MoEConfig
 
 VOCAB = 258  # the byte tokenizer's vocabulary, so the exported tokenizer matches the model
 
@@ -133,22 +129,6 @@ def test_weights_lookup(tmp_path):
     (run / "checkpoints" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"step_00000004: no model.safetensors"):
         export_run(run, tmp_path / "d")
-
-
-def test_moe_dispatches_to_export_moe(tmp_path, monkeypatch):
-    calls = []
-
-    def convert(cfg, state):  # stand-in for export/moe.py: converts the (dense) weights as Llama
-        calls.append(cfg.moe.num_experts)
-        return llama.convert(replace(cfg, moe=MoEConfig()), state)
-
-    monkeypatch.setitem(sys.modules, "windtunnel.export.moe", types.SimpleNamespace(convert=convert))
-    run, model = fake_run(tmp_path, recipe(moe={"num_experts": 4}), model_recipe=recipe())
-    assert_same_logits(model, export_run(run, tmp_path / "hf"))
-    assert calls == [4]
-    monkeypatch.setitem(sys.modules, "windtunnel.export.moe", None)  # as if moe.py did not exist
-    with pytest.raises(ExportError, match="model.moe.num_experts: MoE export is not available"):
-        export_run(run, tmp_path / "hf2")
 
 
 def test_trained_run_exports_through_cli(tmp_path):
