@@ -94,3 +94,16 @@ def token_batches():
         return [torch.randint(0, vocab, (batch, seq_len + 1), generator=g) for _ in range(n)]
 
     return make
+
+
+@pytest.fixture
+def word_corpus(tmp_path):
+    """word_corpus(n_docs, words) -> a folder of n_docs text files of `words` space-separated words each,
+    drawn from 17 distinct ones (enough structure for a tokenizer and a few training steps)."""
+    def make(n_docs: int = 12, words: int = 300):
+        root = tmp_path / "corpus"
+        root.mkdir()
+        for i in range(n_docs):
+            (root / f"d{i}.txt").write_text(" ".join(f"word{(i * j) % 17}" for j in range(words)))
+        return root
+    return make

@@ -46,9 +46,9 @@ def width_recipe(recipe: Recipe, width: int, parameterization: str, head_dim: in
         sets += [f"model.n_heads={heads}", f"model.n_kv_heads={heads // group if heads % group == 0 else heads}"]
         if m.mup.base_head_dim is None:
             sets.append(f"model.mup.base_head_dim={head_dim}")
-    if m.ffn_hidden:  # keep an explicit FFN size as a ratio to the width
+    if m.ffn_hidden is not None:  # an explicit FFN size (recipe key) keeps its ratio to the width
         mult = m.ffn_multiple_of
-        sets.append(f"model.ffn_hidden={mult * math.ceil(m.ffn_hidden * width / m.d_model / mult)}")
+        sets.append(f"model.ffn_hidden={mult * math.ceil(m.ffn_dim * width / m.d_model / mult)}")
     return recipe.with_overrides(sets)
 
 
