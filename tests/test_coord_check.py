@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from windtunnel import Recipe
 from windtunnel.coord_check import coord_check, main, spread, width_recipe
@@ -16,10 +15,9 @@ def tiny(d_model=32, **model):
         "optim": {"lr": 1e-2}, "train": {"steps": 5, "batch_size": 4, "seq_len": 32, "seed": 0}})
 
 
-def test_mup_keeps_logits_and_hidden_flat_across_16x_width_while_sp_grows():
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, 64, (4, 33), generator=g) for _ in range(2)]
+@pytest.mark.slow  # trains 6 models up to width 512: ~5 s
+def test_mup_keeps_logits_and_hidden_flat_across_16x_width_while_sp_grows(token_batches):
+    batches = token_batches(64, n=2, batch=4, seq_len=32)
     # heads fixed at 2: the head dim grows 16 -> 256 too, so the 1/d attention rule is exercised
     table = coord_check(tiny(), [32, 128, 512], steps=5, batches=batches)
     for layer in ("logits", "blocks.1"):  # blocks.1 = residual stream after the last block
@@ -33,7 +31,7 @@ def test_mup_keeps_logits_and_hidden_flat_across_16x_width_while_sp_grows():
 def test_width_recipe_scales_heads_ffn_and_base_head_dim():
     r = width_recipe(tiny(ffn_hidden=128, n_kv_heads=1), 128, "mup", head_dim=16)
     m = r.model
-    assert (m.d_model, m.n_heads, m.kv_heads, m.ffn_hidden, m.mup.base_head_dim) == (128, 8, 4, 512, 16)
+    assert (m.d_model, m.n_heads, m.kv_heads, m.ffn_dim, m.mup.base_head_dim) == (128, 8, 4, 512, 16)
     assert m.parameterization == "mup"
     keep_heads = width_recipe(tiny(), 256, "sp").model
     assert (keep_heads.n_heads, keep_heads.head_dim, keep_heads.parameterization) == (2, 128, "sp")
@@ -44,11 +42,8 @@ def test_width_recipe_scales_heads_ffn_and_base_head_dim():
 
 
 @pytest.fixture
-def corpus_recipe(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(12):
-        (docs / f"d{i}.txt").write_text(" ".join(f"word{(i * j) % 17}" for j in range(300)))
+def corpus_recipe(tmp_path, word_corpus):
+    docs = word_corpus()
     path = tmp_path / "r.yaml"
     path.write_text(
         "model: {d_model: 16, n_heads: 2, n_layers: 1, mup: {base_width: 16}}\n"
@@ -58,6 +53,7 @@ def corpus_recipe(tmp_path):
     return path
 
 
+@pytest.mark.slow  # tokenizes a corpus, trains 4 models, draws a PNG: ~8 s
 def test_cli_writes_json_table_and_png(corpus_recipe, tmp_path, capsys):
     out_json, out_png = tmp_path / "cc.json", tmp_path / "cc.png"
     rc = main([str(corpus_recipe), "--widths", "16,32", "--steps", "3", "--json", str(out_json),

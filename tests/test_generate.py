@@ -1,28 +1,21 @@
 import pytest
 import torch
 
-from windtunnel import Recipe, Trainer
+from windtunnel import Trainer
 from windtunnel.generate import generate, main, sample_next, speculative_generate
 from windtunnel.models import build_model
 
 V = 29
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread when the 2 CI cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def mtp_model(style="parallel", n_future=4, seed=0):
-    c = Recipe.from_dict({"train": {"steps": 1}, "model": {
-        "vocab_size": V, "max_seq_len": 48, "d_model": 32, "n_heads": 4, "n_layers": 2,
-        "mtp": {"n_future": n_future, "style": style}}}).model
-    torch.manual_seed(seed)
-    return build_model(c).eval()
+@pytest.fixture
+def mtp_model(tiny_model_config):
+    """mtp_model(style, n_future, seed): a 2-layer model with MTP heads, in eval mode."""
+    def make(style="parallel", n_future=4, seed=0):
+        c = tiny_model_config(vocab_size=V, max_seq_len=48, mtp={"n_future": n_future, "style": style})
+        torch.manual_seed(seed)
+        return build_model(c).eval()
+    return make
 
 
 def test_sample_next_greedy_and_top_p():
@@ -39,7 +32,7 @@ def test_sample_next_greedy_and_top_p():
 
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_speculative_equals_greedy(style, seed):
+def test_speculative_equals_greedy(mtp_model, style, seed):
     model = mtp_model(style, seed=seed)
     prompt = [3, 1, 4, 1, 5]
     greedy = generate(model, prompt, 30)
@@ -54,25 +47,25 @@ class Oracle:
     def __init__(self, model, prompt, continuation, right):
         self.model, self.full, self.right, self.n = model, prompt + continuation, right, len(model.mtp.heads)
 
-    def __call__(self, model, x, tokens, next_token):
+    def __call__(self, x, tokens, next_token):
         pos = tokens.size(1) + 1  # the drafts are for positions after next_token
         truth = [self.full[pos + i] if pos + i < len(self.full) else 0 for i in range(self.n)]
         return [torch.tensor([t if self.right else (t + 1) % V]) for t in truth]
 
 
 @pytest.mark.parametrize("right", [True, False])
-def test_acceptance_with_oracle_drafts(right):
+def test_acceptance_with_oracle_drafts(mtp_model, right):
     model = mtp_model(n_future=4)
     prompt = [7, 7, 2]
     greedy = generate(model, prompt, 24).tokens
-    model.mtp.draft = Oracle(model, prompt, greedy, right)
+    model.draft = Oracle(model, prompt, greedy, right)
     spec = speculative_generate(model, prompt, 24)
     assert spec.tokens == greedy
     # All drafts right: 4 tokens per verification pass (+ the first pass); all wrong: one per pass, as greedy.
     assert spec.forwards == (1 + 24 // 4 if right else 24)
 
 
-def test_eos_stops_both():
+def test_eos_stops_both(mtp_model):
     model = mtp_model()
     prompt = [1, 2]
     free = generate(model, prompt, 20).tokens
@@ -82,26 +75,26 @@ def test_eos_stops_both():
     assert speculative_generate(model, prompt, 20, eos_id=eos).tokens == cut
 
 
-def test_stops_at_max_seq_len():
+def test_stops_at_max_seq_len(mtp_model):
     model = mtp_model()
     prompt = [i % V for i in range(40)]
     assert len(generate(model, prompt, 20).tokens) == 8
     assert len(speculative_generate(model, prompt, 20).tokens) == 8
 
 
-def _train_run(tmp_path, n_future):
-    recipe = Recipe.from_dict({
-        "model": {"vocab_size": 258, "d_model": 32, "n_heads": 4, "n_layers": 1, "mtp": {"n_future": n_future}},
-        "train": {"steps": 2, "batch_size": 2, "seq_len": 16, "eval_every": 100, "threads": 1},
-        "logging": {"log_every": 1, "progress": False},
-    })
-    data = [torch.randint(0, 256, (2, 17)) for _ in range(2)]
-    Trainer(recipe, train_data=data, out_dir=tmp_path).fit()
-    return tmp_path
+@pytest.fixture
+def train_run(tiny_recipe, token_batches):
+    """train_run(out_dir, n_future): a 2-step run on the byte vocabulary, so the CLI can decode prompts."""
+    def run(out_dir, n_future):
+        recipe = tiny_recipe(model={"vocab_size": 258, "max_seq_len": 0, "n_layers": 1, "mtp": {"n_future": n_future}},
+                             train={"eval_every": 100})
+        Trainer(recipe, train_data=token_batches(256, n=2), out_dir=out_dir).fit()
+        return out_dir
+    return run
 
 
-def test_cli_generates_from_run_dir(tmp_path, capsys):
-    run = _train_run(tmp_path / "mtp", n_future=3)
+def test_cli_generates_from_run_dir(tmp_path, capsys, train_run):
+    run = train_run(tmp_path / "mtp", n_future=3)
     assert main([str(run), "--prompt", "ab", "--max-new-tokens", "6", "--speculative"]) == 0
     out = capsys.readouterr()
     assert out.out.splitlines()[-1].startswith("ab") and "tokens/pass" in out.err
@@ -110,8 +103,8 @@ def test_cli_generates_from_run_dir(tmp_path, capsys):
     assert "--speculative" in capsys.readouterr().err
 
 
-def test_cli_speculative_needs_mtp_heads(tmp_path, capsys):
-    run = _train_run(tmp_path / "plain", n_future=1)
+def test_cli_speculative_needs_mtp_heads(tmp_path, capsys, train_run):
+    run = train_run(tmp_path / "plain", n_future=1)
     assert main([str(run), "--prompt", "x", "--speculative"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model.mtp.n_future" in err

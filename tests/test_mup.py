@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from windtunnel import Recipe, Trainer, mup
+from windtunnel.consolidate import canonical_name
 from windtunnel.models import build_model
 from windtunnel.optim import build_optimizer, param_groups, set_lr
 from windtunnel.schedules import Schedule
@@ -45,7 +46,7 @@ def group_of(opt, model):
     "module.blocks.0._fsdp_wrapped_module._checkpoint_wrapped_module.attn.wqkv.weight",
     "blocks.0._orig_mod.attn.wqkv.weight"])
 def test_canonical_name_strips_wrapper_prefixes(wrapped):
-    assert mup.canonical_name(wrapped) == "blocks.0.attn.wqkv.weight"
+    assert canonical_name(wrapped) == "blocks.0.attn.wqkv.weight"
 
 
 def test_roles_of_every_transformer_parameter():
@@ -58,16 +59,22 @@ def test_roles_of_every_transformer_parameter():
                       for m in ("attn.wqkv", "attn.wo", "mlp.w_gate_up", "mlp.w_down")}
 
 
-def test_roles_of_moe_and_mtp_names():
-    assert mup.param_role("blocks.1.mlp.router.weight", (8, 64)) == "router"
-    assert mup.param_role("blocks.1.mlp.gate.weight", (8, 64)) == "router"
-    assert mup.param_role("blocks.1.mlp.experts.w_gate_up", (8, 64, 256)) == "hidden"
-    assert mup.param_role("blocks.1.mlp.shared.w_down.weight", (64, 128)) == "hidden"
-    assert mup.param_role("blocks.1.mlp.router.bias", (8,)) == "vector"
-    assert mup.param_role("head.bias", (64,)) == "vector"
-    assert mup.param_role("mtp.heads.0.weight", (64, 64)) == "readout"
-    assert mup.param_role("mtp.proj.0.weight", (64, 128)) == "hidden"
-    assert mup.param_role("mtp.norms.0.weight", (64,)) == "vector"
+@pytest.mark.parametrize("style", ["parallel", "sequential"])
+def test_roles_of_every_moe_and_mtp_parameter(style):
+    """Every parameter an MoE + MTP model creates: routers fixed-fan-out, experts/heads/projections hidden,
+    gains vector; the untied head is the only readout (the MTP heads read out through it)."""
+    r = recipe(tie=False, model={"moe": {"num_experts": 4, "top_k": 2, "shared_experts": 1},
+                                 "mtp": {"n_future": 3, "style": style}})
+    roles = {n: mup.param_role(n, tuple(p.shape)) for n, p in seeded_model(r).named_parameters()}
+    by_role = {role: {n for n, x in roles.items() if x == role} for role in set(roles.values())}
+    assert by_role["router"] == {"blocks.0.mlp.router.weight", "blocks.1.mlp.router.weight"}
+    assert by_role["readout"] == {"head.weight"} and by_role["input"] == {"embed.weight"}
+    assert by_role["vector"] == {n for n in roles if n.endswith("norm.weight")}
+    hidden = by_role["hidden"]
+    assert {"blocks.0.mlp.experts.w_gate_up", "blocks.1.mlp.experts.w_down", "blocks.0.mlp.shared.w_down.weight",
+            "mtp.heads.1.block.attn.wqkv.weight", "mtp.heads.0.block.mlp.w_down.weight"} <= hidden
+    assert ("mtp.heads.0.proj.weight" in hidden) == (style == "sequential")
+    assert mup.param_role("blocks.1.mlp.router.bias", (8,)) == mup.param_role("head.bias", (64,)) == "vector"
 
 
 def test_rules_on_a_real_moe_model():

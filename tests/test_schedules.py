@@ -33,7 +33,9 @@ def test_wsd_stable_then_decay(shape):
     assert decay[-1] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_decay_shapes_differ_at_midpoint():
+def test_linear_and_cosine_meet_at_midpoint_and_separate_at_a_quarter():
+    """Linear and cosine both sit at 1/2 halfway through the decay (1-sqrt is below); a quarter in,
+    cosine is still higher than linear, and 1-sqrt drops fastest."""
     mids = {shape: decay_factor(0.5, shape) for shape in ["linear", "cosine", "1-sqrt"]}
     assert mids["linear"] == pytest.approx(0.5) and mids["cosine"] == pytest.approx(0.5)
     assert mids["1-sqrt"] == pytest.approx(1 - math.sqrt(0.5))

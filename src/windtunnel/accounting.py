@@ -29,15 +29,6 @@ class ParamCounts:
         return asdict(self)
 
 
-def is_moe_layer(cfg: ModelConfig, layer: int) -> bool:
-    m = cfg.moe
-    return m.num_experts > 0 and layer >= m.first_dense and (layer - m.first_dense) % m.every == 0
-
-
-def expert_dim(cfg: ModelConfig) -> int:
-    return cfg.moe.expert_hidden or cfg.ffn_dim
-
-
 def attention_params(cfg: ModelConfig) -> int:
     d, hd = cfg.d_model, cfg.head_dim
     qkv = d * (cfg.n_heads + 2 * cfg.kv_heads) * hd
@@ -55,10 +46,10 @@ def layer_params(cfg: ModelConfig, layer: int) -> tuple[int, int]:
     d = cfg.d_model
     norms = 2 * d
     attn = attention_params(cfg)
-    if not is_moe_layer(cfg, layer):
+    if not cfg.is_moe_layer(layer):
         mlp = mlp_params(d, cfg.ffn_dim)
         return norms + attn + mlp, norms + attn + mlp
-    m, eh = cfg.moe, expert_dim(cfg)
+    m, eh = cfg.moe, cfg.expert_dim
     router = d * m.num_experts
     shared = m.shared_experts * mlp_params(d, eh)
     total = router + shared + m.num_experts * mlp_params(d, eh)
@@ -73,7 +64,7 @@ def dense_block_params(cfg: ModelConfig) -> int:
 def mtp_params(cfg: ModelConfig) -> int:
     """Extra heads for depths 2..n_future. Parallel: one dense block + norm each (Gloeckle et al.
     2024). Sequential (DeepSeek-V3): two norms, a 2d->d projection, one dense block, a final norm."""
-    extra = cfg.mtp.n_future - 1
+    extra = cfg.mtp_depths
     if extra <= 0:
         return 0
     d = cfg.d_model
@@ -112,11 +103,11 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     c = count_params(cfg)
     d, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
     head = V * d
-    depths = cfg.mtp.n_future
+    extra = cfg.mtp_depths
     dense = c.active_non_embedding + head
     # MTP: each extra depth runs its own head block(s) and the shared unembedding matmul.
-    dense += c.mtp + (depths - 1) * head
-    attn = 12 * L * d * seq_len + (depths - 1) * 12 * d * seq_len
+    dense += c.mtp + extra * head
+    attn = 12 * L * d * seq_len + extra * 12 * d * seq_len
     return 6.0 * dense + attn
 
 

@@ -7,7 +7,8 @@ What accelerate's save_state leaves in a checkpoint directory:
 - fsdp: pytorch_model_fsdp_0/ and optimizer_0/ (torch.distributed.checkpoint, DCP) — written by accelerate
   on GPU, and by `save_sharded` below for the CPU path (same layout, so both consolidate the same way).
 `consolidate_checkpoint(dir)` writes dir/model.safetensors (fp32 master weights, plain names) from any of
-them; `windtunnel export` reads that file.
+them; `windtunnel export` reads that file. Plain names are `canonical_name`s: what the bare model calls
+a parameter, whatever wrapped it (the muP rules match on them too).
 """
 from __future__ import annotations
 
@@ -16,12 +17,22 @@ from pathlib import Path
 
 import torch
 
-from .mup import canonical_name
-
-WEIGHTS = "model.safetensors"
+WEIGHTS = "model.safetensors"  # consolidated weights of a checkpoint (and of an exported model)
 DEEPSPEED_TAG = "pytorch_model"  # accelerate's checkpoint id for the first model
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"
 FSDP_OPTIM_DIR = "optimizer_0"
+# Name components added by wrappers: torch.compile, FSDP1, activation checkpointing (anywhere in a name).
+WRAPPER_PARTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_forward_module"})
+# DDP, DeepSpeed engine and accelerate's wrappers put the model under `module.` (leading only).
+LEADING_WRAPPERS = frozenset({"module"})
+
+
+def canonical_name(name: str) -> str:
+    """The parameter name as the bare model sees it, whatever wraps the model."""
+    parts = [p for p in name.split(".") if p not in WRAPPER_PARTS]
+    while len(parts) > 1 and parts[0] in LEADING_WRAPPERS:
+        parts.pop(0)
+    return ".".join(parts)
 
 
 # ----------------------------------------------------------------------------- FSDP2 on CPU (collective)

@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import build_data, build_tokenizer
+from .models import build_model
+from .optim import build_optimizer, set_lr
 from .recipe import Recipe, RecipeError
 
 DEFAULT_WIDTHS = "64,128,256,512,1024"
@@ -43,10 +46,10 @@ def width_recipe(recipe: Recipe, width: int, parameterization: str, head_dim: in
         sets += [f"model.n_heads={heads}", f"model.n_kv_heads={heads // group if heads % group == 0 else heads}"]
         if m.mup.base_head_dim is None:
             sets.append(f"model.mup.base_head_dim={head_dim}")
-    if m.ffn_hidden:  # keep an explicit FFN size as a ratio to the width
+    if m.ffn_hidden is not None:  # an explicit FFN size (recipe key) keeps its ratio to the width
         mult = m.ffn_multiple_of
-        sets.append(f"model.ffn_hidden={mult * math.ceil(m.ffn_hidden * width / m.d_model / mult)}")
-    return recipe.replace(sets)
+        sets.append(f"model.ffn_hidden={mult * math.ceil(m.ffn_dim * width / m.d_model / mult)}")
+    return recipe.with_overrides(sets)
 
 
 @contextlib.contextmanager
@@ -55,8 +58,8 @@ def record_rms(model: nn.Module, store: dict[str, list[float]]):
     def rms(t: torch.Tensor) -> float:
         return float(t.detach().float().pow(2).mean().sqrt())
 
-    def save(name):
-        return lambda mod, inp, out: store[name].append(rms(out))
+    def save(name):  # blocks (and MoE layers) return (hidden, aux): the hidden state is what is watched
+        return lambda mod, inp, out: store[name].append(rms(out[0] if isinstance(out, tuple) else out))
 
     handles = [model.blocks[0].register_forward_pre_hook(lambda mod, args: store["embed"].append(rms(args[0])))]
     for i, block in enumerate(model.blocks):
@@ -78,9 +81,6 @@ def record_rms(model: nn.Module, store: dict[str, list[float]]):
 
 def train_and_record(recipe: Recipe, batches: list[torch.Tensor], steps: int) -> dict[str, list[float]]:
     """Build the recipe's model (seeded), train `steps` steps on `batches` (cycled), return the RMS lists."""
-    from .models import build_model
-    from .optim import build_optimizer, set_lr
-
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model)
     optimizer = build_optimizer(model, recipe)
@@ -159,15 +159,13 @@ def plot_coord_check(table: Table, png: str | Path) -> None:
 
 def recipe_batches(recipe: Recipe, steps: int) -> tuple[Recipe, list[torch.Tensor]]:
     """The first `steps` training batches of the recipe's data, and the recipe with vocab/seq resolved."""
-    from .data import build_data, build_tokenizer
-
     tok = build_tokenizer(recipe)
     data = build_data(recipe, tok)
     batches = [data.train.batch(s, 0, 0, 1) for s in range(steps)]
     sets = [f"model.max_seq_len={recipe.model.max_seq_len or recipe.train.seq_len}"]
     if not recipe.model.vocab_size:
         sets.append(f"model.vocab_size={tok.vocab_size}")
-    return recipe.replace(sets), batches
+    return recipe.with_overrides(sets), batches
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import build_tokenizer
+from .export import find_weights, load_state
+from .models import build_model
 from .recipe import Recipe, RecipeError
 
 
@@ -39,9 +42,6 @@ class Generation:
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[nn.Module, Recipe]:
     """The run's model (eval mode) with the weights of its newest (or the given) checkpoint."""
-    from .export import find_weights, load_state
-    from .models import build_model
-
     recipe = Recipe.load(Path(run_dir) / "recipe.yaml")
     model = build_model(recipe.model)
     model.load_state_dict(load_state(find_weights(Path(run_dir), checkpoint)))
@@ -105,7 +105,7 @@ def speculative_generate(model: nn.Module, prompt: list[int], max_new_tokens: in
     x = model.trunk(seq)
     forwards, out = 1, []
     nxt = _main_logits(model, x[:, -1]).argmax(-1)  # [1]: the main head's token, always right
-    drafts = model.mtp.draft(model, x, seq, nxt)
+    drafts = model.draft(x, seq, nxt)
     while len(out) < budget:
         if budget - len(out) == 1:  # the main head's token needs no verification pass
             out.append(int(nxt))
@@ -126,7 +126,7 @@ def speculative_generate(model: nn.Module, prompt: list[int], max_new_tokens: in
         seq = torch.cat([seq, cand[:, :accepted]], dim=1)
         nxt = preds[:, accepted]
         if len(out) < budget:
-            drafts = model.mtp.draft(model, x[:, : seq.size(1)], seq, nxt)
+            drafts = model.draft(x[:, : seq.size(1)], seq, nxt)
     return Generation(out[:budget], forwards, time.perf_counter() - start)
 
 
@@ -160,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        from .data import build_tokenizer
-
         model, recipe = load_run(args.run_dir, args.checkpoint)
         model.to(args.device)
         tok = build_tokenizer(recipe)

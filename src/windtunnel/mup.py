@@ -2,7 +2,7 @@
 
 Everything is derived from the parameter's name and the ModelConfig — nothing is stored on tensors — so
 the rules survive torch.save, torch.compile, DeepSpeed ZeRO flattening and FSDP wrapping. Wrapper
-prefixes (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`, ...) are stripped by `canonical_name`.
+prefixes (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`, ...) are stripped by consolidate.canonical_name.
 
 Each parameter gets a role from its name (and its number of dims):
 - input:   the token embedding (fan_in = vocab, fixed; fan_out = width);
@@ -22,27 +22,16 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from .consolidate import canonical_name
 from .recipe import ModelConfig
 
 Role = Literal["input", "hidden", "readout", "router", "vector"]
 
 # Output projections of residual branches (scaled by 1/sqrt(2L) at init, GPT-2 style), matched as suffixes.
 RESIDUAL_OUT = ("attn.wo.weight", "w_down.weight", "w_down")  # also MoE experts / shared experts
-# Name components added by wrappers: torch.compile, FSDP1, activation checkpointing (anywhere in a name).
-WRAPPER_PARTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_forward_module"})
-# DDP, DeepSpeed engine and accelerate's wrappers put the model under `module.` (leading only).
-LEADING_WRAPPERS = frozenset({"module"})
 INPUT_MODULES = frozenset({"embed", "embedding", "embeddings", "wte", "tok_embeddings"})
 READOUT_MODULES = frozenset({"head", "lm_head"})
 ROUTER_MODULES = frozenset({"router", "gate"})
-
-
-def canonical_name(name: str) -> str:
-    """The parameter name as the bare model sees it, whatever wraps the model."""
-    parts = [p for p in name.split(".") if p not in WRAPPER_PARTS]
-    while len(parts) > 1 and parts[0] in LEADING_WRAPPERS:
-        parts.pop(0)
-    return ".".join(parts)
 
 
 def param_role(name: str, shape: tuple[int, ...]) -> Role:
@@ -52,23 +41,15 @@ def param_role(name: str, shape: tuple[int, ...]) -> Role:
         return "vector"  # TP5 groups all biases with the input weights: Θ(1) init and LR
     if module in INPUT_MODULES:
         return "input"
-    if module in READOUT_MODULES or (len(parts) > 2 and parts[-3] == "heads"):
+    if module in READOUT_MODULES:
         return "readout"
     if module in ROUTER_MODULES:
         return "router"
     return "hidden"
 
 
-def is_vector_like(name: str, ndim: int) -> bool:
-    return param_role(name, (1,) * ndim) == "vector"
-
-
 def is_embedding(name: str) -> bool:
     return param_role(name, (2, 2)) == "input"
-
-
-def is_readout(name: str) -> bool:
-    return param_role(name, (2, 2)) == "readout"
 
 
 # ----------------------------------------------------------------------------- width and forward multipliers

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -79,8 +79,10 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     mtp: MTPConfig = field(default_factory=MTPConfig)
 
+    # Structure rules: code reads these, never the raw recipe fields they are derived from.
     @property
     def kv_heads(self) -> int:
+        """Key/value heads (recipe key n_kv_heads; None = n_heads, MHA)."""
         return self.n_kv_heads or self.n_heads
 
     @property
@@ -89,10 +91,34 @@ class ModelConfig:
 
     @property
     def ffn_dim(self) -> int:
+        """Dense SwiGLU hidden width (recipe key ffn_hidden; None = 8/3 d_model rounded up to ffn_multiple_of)."""
         if self.ffn_hidden:
             return self.ffn_hidden
         m = self.ffn_multiple_of
         return m * ((int(8 * self.d_model / 3) + m - 1) // m)
+
+    @property
+    def expert_dim(self) -> int:
+        """Hidden width of one MoE expert (recipe key moe.expert_hidden; None = ffn_dim)."""
+        return self.moe.expert_hidden or self.ffn_dim
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Block `layer` has an MoE feed-forward: after `first_dense` dense blocks, every `every`-th one."""
+        m = self.moe
+        return m.num_experts > 0 and layer >= m.first_dense and (layer - m.first_dense) % m.every == 0
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i in range(self.n_layers) if self.is_moe_layer(i)]
+
+    @property
+    def mtp_depths(self) -> int:
+        """Extra prediction depths (MTP heads) beyond the next token."""
+        return self.mtp.n_future - 1
+
+    def dense(self) -> "ModelConfig":
+        """The same model without MoE (MTP heads use dense blocks)."""
+        return dataclasses.replace(self, moe=dataclasses.replace(self.moe, num_experts=0))
 
 
 @dataclass
@@ -241,7 +267,7 @@ class Recipe:
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
-    def replace(self, overrides: list[str]) -> "Recipe":
+    def with_overrides(self, overrides: list[str]) -> "Recipe":
         """A new recipe with `key.path=value` overrides applied (and validated)."""
         raw = self.to_dict()
         for item in overrides:
@@ -291,10 +317,14 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     return deep_merge(base, raw)
 
 
-def deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict, keep_base: Callable[[Any], bool] = lambda value: False) -> dict:
+    """`over` merged into `base` (nested mappings merged, other values replaced), except values for which
+    `keep_base(value)` holds where `base` has the key (e.g. DeepSpeed's "auto")."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if k in out and keep_base(v):
+            continue
+        out[k] = deep_merge(out[k], v, keep_base) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -6,14 +6,15 @@ import torch
 
 from windtunnel.distributed import apply_activation_checkpointing
 from windtunnel.models import build_model
-from windtunnel.recipe import Recipe, RecipeError
+from windtunnel.recipe import RecipeError
 
 
-def make_model():
-    r = Recipe.from_dict({"model": {"vocab_size": 50, "max_seq_len": 16, "d_model": 32, "n_heads": 2,
-                                    "n_layers": 4}, "train": {"steps": 1}})
-    torch.manual_seed(0)
-    return build_model(r.model)
+@pytest.fixture
+def make_model(tiny_model_config):
+    def make():
+        torch.manual_seed(0)
+        return build_model(tiny_model_config(vocab_size=50, n_heads=2, n_layers=4))
+    return make
 
 
 def batch():
@@ -41,14 +42,14 @@ def train_step(model) -> tuple[list[int], int]:
 
 @pytest.mark.parametrize("mode, expected", [("none", [1, 1, 1, 1]), ("full", [2, 2, 2, 2]),
                                             ("selective", [2, 1, 2, 1])])
-def test_recompute_counts(mode, expected):
+def test_recompute_counts(make_model, mode, expected):
     model = make_model()
     assert apply_activation_checkpointing(model, mode) == [i for i, c in enumerate(expected) if c == 2]
     calls, _ = train_step(model)
     assert calls == expected
 
 
-def test_saves_less_and_keeps_gradients_and_names():
+def test_saves_less_and_keeps_gradients_and_names(make_model):
     results = {}
     for mode in ("none", "selective", "full"):
         model = make_model()
@@ -63,7 +64,7 @@ def test_saves_less_and_keeps_gradients_and_names():
             torch.testing.assert_close(results[mode][1][name], grad, rtol=1e-5, atol=1e-7)
 
 
-def test_no_recompute_without_grad():
+def test_no_recompute_without_grad(make_model):
     model = make_model()
     apply_activation_checkpointing(model, "full")
     calls = [0]
@@ -74,5 +75,38 @@ def test_no_recompute_without_grad():
 
 
 def test_model_without_blocks_is_an_error():
-    with pytest.raises(RecipeError, match="activation_checkpointing=full"):
+    with pytest.raises(RecipeError, match="activation_checkpointing=full: Linear does not declare `blocks`"):
         apply_activation_checkpointing(torch.nn.Linear(2, 2), "full")
+
+
+class Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + torch.tanh(self.fc(x))
+
+
+class UserModel(torch.nn.Module):
+    """A user architecture: only the BlockModel protocol (blocks, block_types), no windtunnel Block."""
+    block_types = (Residual,)
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(Residual() for _ in range(3))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_user_model_is_checkpointed_through_the_protocol():
+    model = UserModel()
+    calls = [0] * 3
+    for i, block in enumerate(model.blocks):
+        block.fc.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    assert apply_activation_checkpointing(model, "selective") == [0, 2]
+    model(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    assert calls == [2, 1, 2]

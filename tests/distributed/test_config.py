@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from windtunnel import distributed
 from windtunnel.recipe import Recipe, RecipeError
@@ -29,11 +30,11 @@ def test_zero2_cpu_offload_config():
 def test_zero3_nvme_and_knobs():
     r = recipe(strategy="deepspeed", zero_stage=3, offload_optimizer="nvme", offload_params="nvme",
                nvme_path="/nvme", overlap_comm=False, reduce_bucket_size=1000, sub_group_size=10 ** 8)
-    z = distributed.deepspeed_config(r.replace(["train.precision=bf16"]))["zero_optimization"]
+    z = distributed.deepspeed_config(r.with_overrides(["train.precision=bf16"]))["zero_optimization"]
     assert z["offload_param"]["nvme_path"] == z["offload_optimizer"]["nvme_path"] == "/nvme"
     assert z["overlap_comm"] is False and z["reduce_bucket_size"] == 1000 and z["sub_group_size"] == 10 ** 8
     assert z["stage3_prefetch_bucket_size"] == int(0.9 * 64 ** 2)
-    assert distributed.deepspeed_config(r.replace(["train.precision=bf16"]))["bf16"] == {"enabled": True}
+    assert distributed.deepspeed_config(r.with_overrides(["train.precision=bf16"]))["bf16"] == {"enabled": True}
 
 
 @pytest.mark.parametrize("dist, key", [
@@ -52,7 +53,7 @@ def test_impossible_combinations_name_the_key(dist, key):
 
 
 def test_deepspeed_refuses_nan_skip():
-    r = recipe(strategy="deepspeed", zero_stage=1).replace(["train.nan_policy=skip"])
+    r = recipe(strategy="deepspeed", zero_stage=1).with_overrides(["train.nan_policy=skip"])
     with pytest.raises(RecipeError, match="train.nan_policy"):
         distributed.check_distributed(r)
 
@@ -97,6 +98,17 @@ def test_user_deepspeed_file_overrides_and_auto(tmp_path):
     assert z["reduce_bucket_size"] == 64 ** 2 and z["sub_group_size"] == 5 and z["overlap_comm"] is True
 
 
+def test_fsdp_wraps_the_classes_the_model_declares(tiny_model_config):
+    from windtunnel.distributed.wrap import set_wrap_classes
+    from windtunnel.models import build_model
+
+    plugin = distributed.fsdp_plugin(recipe(strategy="fsdp"))
+    set_wrap_classes(plugin, build_model(tiny_model_config()))
+    assert plugin.transformer_cls_names_to_wrap == ["Block"]
+    with pytest.raises(RecipeError, match="distributed.strategy=fsdp: Linear does not declare"):
+        set_wrap_classes(plugin, torch.nn.Linear(2, 2))
+
+
 def test_user_deepspeed_file_conflicts(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
@@ -108,11 +120,11 @@ def test_user_deepspeed_file_conflicts(tmp_path):
 
 
 def test_fsdp2_plugin_from_recipe():
-    r = recipe(strategy="fsdp", offload_params="cpu", reshard_after_forward=False).replace(["train.precision=bf16"])
+    r = recipe(strategy="fsdp", offload_params="cpu", reshard_after_forward=False).with_overrides(["train.precision=bf16"])
     p = distributed.fsdp_plugin(r)
     assert p.fsdp_version == 2 and p.reshard_after_forward is False
     assert type(p.cpu_offload).__name__ == "CPUOffloadPolicy"
-    assert p.transformer_cls_names_to_wrap == ["Block"] and not p.activation_checkpointing
+    assert not p.activation_checkpointing
     assert str(p.mixed_precision_policy.param_dtype) == "torch.bfloat16"
     assert str(p.mixed_precision_policy.reduce_dtype) == "torch.float32"
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from windtunnel import consolidate
-from windtunnel.distributed import _plain_models, _plain_weights
+from windtunnel.distributed.optimizer import _plain_models, _plain_weights
 from windtunnel.models import build_model
 from windtunnel.recipe import Recipe
 from windtunnel.trainer import Trainer

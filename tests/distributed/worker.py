@@ -35,7 +35,7 @@ def base_recipe(world: int, overrides: list[str]) -> Recipe:
                   "ckpt_every": 4, "keep_ckpts": 2, "threads": 1, "seed": 0},
         "logging": {"log_every": 1, "progress": False},
     }
-    return Recipe.from_dict(raw).replace(overrides)
+    return Recipe.from_dict(raw).with_overrides(overrides)
 
 
 def global_batches(n: int, seed: int) -> list[torch.Tensor]:

@@ -1,64 +1,25 @@
 import json
-import sys
-import types
-from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from windtunnel import Recipe, Trainer, mup
+from windtunnel import Trainer, mup
 from windtunnel.cli import main as cli_main
-from windtunnel.export import ExportError, export_run, llama
-from windtunnel.models import build_model
-from windtunnel.recipe import MoEConfig
+from windtunnel.export import ExportError, export_run
 
-VOCAB = 258  # the byte tokenizer's vocabulary, so the exported tokenizer matches the model
+VOCAB = 258
 
 
-def recipe(**model) -> Recipe:
-    base = {"vocab_size": VOCAB, "max_seq_len": 32, "d_model": 64, "n_heads": 4, "n_layers": 2}
-    return Recipe.from_dict({"model": {**base, **model},
-                             "train": {"steps": 2, "batch_size": 2, "seq_len": 16, "threads": 1},
-                             "logging": {"log_every": 1, "progress": False}})
-
-
-def random_model(r: Recipe):
-    """Weights far from init (norm gains != 1, large matrices) so any mis-mapped tensor shows in the logits."""
-    torch.manual_seed(0)
-    model = build_model(r.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.15) if p.ndim > 1 else p.uniform_(0.5, 1.5)
-    return model
-
-
-def fake_run(tmp_path, r: Recipe, prefix="", extra=None, ckpt="checkpoints/step_00000002", model_recipe=None):
-    """A run directory as the trainer leaves it: resolved recipe.yaml + accelerate-style checkpoint."""
-    model = random_model(model_recipe or r)
-    run = tmp_path / "run"
-    (run / ckpt).mkdir(parents=True)
-    r.dump(run / "recipe.yaml")
-    state = {prefix + k: v for k, v in model.state_dict().items()} | (extra or {})
-    save_file(state, run / ckpt / "model.safetensors")
-    (run / ckpt / "trainer_state.json").write_text("{}")
-    return run, model
-
-
-def assert_same_logits(model, out_dir):
-    hf = AutoModelForCausalLM.from_pretrained(out_dir).eval()
-    assert type(hf).__name__ == "LlamaForCausalLM"
-    x = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref, got = model(x), hf(x).logits
-    assert ref.std() > 0.3  # logits far from uniform: a wrong weight would not hide below the tolerance
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+@pytest.fixture
+def recipe(export_recipe):
+    """recipe(**model): the export tests' d_model=64 (head dim 16) model."""
+    return lambda **model: export_recipe(**{"d_model": 64, **model})
 
 
 @pytest.mark.parametrize("kv,tie,theta,eps", [(4, True, 1e4, 1e-5), (2, False, 5e5, 1e-6), (1, True, 1e4, 1e-5)])
-def test_dense_export_matches_logits(tmp_path, kv, tie, theta, eps):
-    run, model = fake_run(tmp_path, recipe(n_kv_heads=kv, tie_embeddings=tie, rope_theta=theta, norm_eps=eps))
+def test_dense_export_matches_logits(tmp_path, kv, tie, theta, eps, recipe, fake_run, assert_same_logits):
+    run, model = fake_run(recipe(n_kv_heads=kv, tie_embeddings=tie, rope_theta=theta, norm_eps=eps))
     out = export_run(run, tmp_path / "hf")
     assert_same_logits(model, out)
     cfg = json.loads((out / "config.json").read_text())
@@ -68,30 +29,30 @@ def test_dense_export_matches_logits(tmp_path, kv, tie, theta, eps):
 
 
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "module."])
-def test_wrapper_prefixes_are_stripped(tmp_path, prefix):
-    run, model = fake_run(tmp_path, recipe(n_kv_heads=2), prefix=prefix)
+def test_wrapper_prefixes_are_stripped(tmp_path, prefix, recipe, fake_run, assert_same_logits):
+    run, model = fake_run(recipe(n_kv_heads=2), prefix=prefix)
     assert_same_logits(model, export_run(run, tmp_path / "hf"))
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_mup_multipliers_are_folded(tmp_path, monkeypatch, tie):
+def test_mup_multipliers_are_folded(tmp_path, monkeypatch, tie, recipe, fake_run, assert_same_logits):
     monkeypatch.setattr(mup, "attention_scale", lambda cfg: 2.0 / cfg.head_dim)  # muP's 1/d, not 1/sqrt(d)
     monkeypatch.setattr(mup, "embedding_multiplier", lambda cfg: 3.0)
     monkeypatch.setattr(mup, "logit_multiplier", lambda cfg: 0.25)
-    run, model = fake_run(tmp_path, recipe(parameterization="mup", tie_embeddings=tie, n_kv_heads=2))
+    run, model = fake_run(recipe(parameterization="mup", tie_embeddings=tie, n_kv_heads=2))
     assert model.embed_mult == 3.0 and model.blocks[0].attn.scale == 2.0 / 16
     assert_same_logits(model, export_run(run, tmp_path / "hf"))
 
 
-def test_real_mup_run_matches_logits(tmp_path):
+def test_real_mup_run_matches_logits(tmp_path, recipe, fake_run, assert_same_logits):
     mp = {"base_width": 32, "input_mult": 2.0, "output_mult": 0.5, "attn_mult": 1.5}
-    run, model = fake_run(tmp_path, recipe(parameterization="mup", mup=mp, tie_embeddings=False))
+    run, model = fake_run(recipe(parameterization="mup", mup=mp, tie_embeddings=False))
     assert model.logit_mult != 1.0  # the real rules are non-trivial at width 2 x base
     assert_same_logits(model, export_run(run, tmp_path / "hf"))
 
 
-def test_qk_norm_is_refused_with_one_line(tmp_path, capsys):
-    run, _ = fake_run(tmp_path, recipe(qk_norm=True))
+def test_qk_norm_is_refused_with_one_line(tmp_path, capsys, recipe, fake_run):
+    run, _ = fake_run(recipe(qk_norm=True))
     with pytest.raises(ExportError, match=r"^model\.qk_norm: Llama cannot express QK-norm; export not possible$"):
         export_run(run, tmp_path / "hf")
     assert cli_main(["export", str(run), str(tmp_path / "hf")]) == 2
@@ -100,28 +61,28 @@ def test_qk_norm_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
-def test_mtp_heads_are_dropped_with_a_note(tmp_path, capsys):
+def test_mtp_heads_are_dropped_with_a_note(tmp_path, capsys, recipe, fake_run, assert_same_logits):
     fake_mtp = {"mtp.0.proj.weight": torch.zeros(64, 128), "mtp.0.norm.weight": torch.ones(64)}
-    run, model = fake_run(tmp_path, recipe(mtp={"n_future": 2}), extra=fake_mtp, model_recipe=recipe())
+    run, model = fake_run(recipe(mtp={"n_future": 2}), extra=fake_mtp, model_recipe=recipe())
     out = export_run(run, tmp_path / "hf")
     assert "dropping the 1 extra MTP head(s) (2 tensors)" in capsys.readouterr().err
     assert_same_logits(model, out)
 
 
-def test_unknown_tensor_is_an_error_not_dropped(tmp_path):
-    run, _ = fake_run(tmp_path, recipe(), extra={"blocks.0.attn.bias": torch.zeros(3)})
+def test_unknown_tensor_is_an_error_not_dropped(tmp_path, recipe, fake_run):
+    run, _ = fake_run(recipe(), extra={"blocks.0.attn.bias": torch.zeros(3)})
     with pytest.raises(ExportError, match="no HF equivalent, e.g. 'blocks.0.attn.bias'"):
         export_run(run, tmp_path / "hf")
 
 
-def test_missing_tensor_names_the_key(tmp_path):
-    run, _ = fake_run(tmp_path, recipe(n_layers=2), model_recipe=recipe(n_layers=1))
+def test_missing_tensor_names_the_key(tmp_path, recipe, fake_run):
+    run, _ = fake_run(recipe(n_layers=2), model_recipe=recipe(n_layers=1))
     with pytest.raises(ExportError, match="missing tensor 'blocks.1.attn.wqkv.weight'"):
         export_run(run, tmp_path / "hf")
 
 
-def test_weights_lookup(tmp_path):
-    run, model = fake_run(tmp_path, recipe(), ckpt="checkpoints")  # consolidated checkpoints/model.safetensors
+def test_weights_lookup(tmp_path, recipe, fake_run, assert_same_logits):
+    run, model = fake_run(recipe(), ckpt="checkpoints")  # consolidated checkpoints/model.safetensors
     (run / "checkpoints" / "trainer_state.json").unlink()
     sharded = run / "checkpoints" / "step_00000004"  # newer DeepSpeed checkpoint: no model.safetensors
     (sharded / "pytorch_model").mkdir(parents=True)
@@ -135,23 +96,7 @@ def test_weights_lookup(tmp_path):
         export_run(run, tmp_path / "d")
 
 
-def test_moe_dispatches_to_export_moe(tmp_path, monkeypatch):
-    calls = []
-
-    def convert(cfg, state):  # stand-in for export/moe.py: converts the (dense) weights as Llama
-        calls.append(cfg.moe.num_experts)
-        return llama.convert(replace(cfg, moe=MoEConfig()), state)
-
-    monkeypatch.setitem(sys.modules, "windtunnel.export.moe", types.SimpleNamespace(convert=convert))
-    run, model = fake_run(tmp_path, recipe(moe={"num_experts": 4}), model_recipe=recipe())
-    assert_same_logits(model, export_run(run, tmp_path / "hf"))
-    assert calls == [4]
-    monkeypatch.setitem(sys.modules, "windtunnel.export.moe", None)  # as if moe.py did not exist
-    with pytest.raises(ExportError, match="model.moe.num_experts: MoE export is not available"):
-        export_run(run, tmp_path / "hf2")
-
-
-def test_trained_run_exports_through_cli(tmp_path):
+def test_trained_run_exports_through_cli(tmp_path, recipe):
     r = recipe(n_kv_heads=2, tie_embeddings=False)
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, VOCAB, (2, 17), generator=g) for _ in range(2)]

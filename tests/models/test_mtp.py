@@ -6,35 +6,46 @@ import torch.nn.functional as F
 
 from windtunnel.accounting import count_params, flops_per_token
 from windtunnel.models import build_model
+from windtunnel.models.loss import lm_loss
 from windtunnel.models.mtp import shift_targets
-from windtunnel.recipe import Recipe
 
 V, D, T = 53, 32, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread when the 2 CI cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture
+def cfg(tiny_model_config):
+    """cfg(n_future=3, style="parallel", **model): a 2-layer MTP ModelConfig (vocab 53)."""
+    def make(n_future=3, style="parallel", **model):
+        base = {"vocab_size": V, "max_seq_len": 16, "mtp": {"n_future": n_future, "style": style}}
+        return tiny_model_config(**{**base, **model})
+    return make
 
 
-def cfg(n_future=3, style="parallel", **model):
-    base = {"vocab_size": V, "max_seq_len": 16, "d_model": D, "n_heads": 4, "n_layers": 2,
-            "mtp": {"n_future": n_future, "style": style}, **model}
-    return Recipe.from_dict({"train": {"steps": 1}, "model": base}).model
+@pytest.fixture
+def batch(token_batches):
+    def make(seed=0):
+        ids = token_batches(V, seq_len=T, seed=seed)[0]
+        return ids[:, :-1], ids[:, 1:]
+    return make
 
 
-def batch(seed=0):
-    ids = torch.randint(0, V, (2, T + 1), generator=torch.Generator().manual_seed(seed))
-    return ids[:, :-1], ids[:, 1:]
+def plain_autograd_loss(model, x, y):
+    """Reference: the next-token loss plus every parallel head's weighted loss, in one ordinary graph
+    (what the heads' per-head backward inside forward must reproduce)."""
+    trunk = model.trunk(x)
+    cfg = model.cfg
+    loss = lm_loss(model.norm(trunk), model.readout_weight, y, logit_scale=model.logit_mult, z_coef=cfg.z_loss)[1]
+    weights = cfg.mtp.weights or [1.0] * cfg.mtp_depths
+    for j, head in enumerate(model.mtp.heads):
+        h = head(trunk, model.rope_cos, model.rope_sin)
+        loss = loss + weights[j] * lm_loss(h, model.readout_weight, shift_targets(y, j + 1),
+                                           logit_scale=model.logit_mult, z_coef=cfg.z_loss)[1]
+    return loss
 
 
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
 @pytest.mark.parametrize("tie", [True, False])
-def test_param_count_and_flops_include_heads(style, tie):
+def test_param_count_and_flops_include_heads(cfg, style, tie):
     c = cfg(style=style, tie_embeddings=tie)
     model = build_model(c)
     counts = count_params(c)
@@ -47,17 +58,16 @@ def test_param_count_and_flops_include_heads(style, tie):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_memory_efficient_backward_equals_naive(tie):
+def test_memory_efficient_backward_equals_plain_autograd(cfg, batch, tie):
     torch.manual_seed(0)
     model = build_model(cfg(n_future=4, tie_embeddings=tie, z_loss=1e-3, mtp={"n_future": 4, "weights": [0.5, 1.0, 0.25]}))
     x, y = batch()
     grads, losses = [], []
-    for efficient in (True, False):
-        model.mtp.memory_efficient = efficient
+    for loss_fn in (lambda: model(x, y)["loss"], lambda: plain_autograd_loss(model, x, y)):
         model.zero_grad()
-        out = model(x, y)
-        (2.0 * out["loss"]).backward()  # a scaled loss: the stored gradients must follow grad_output
-        losses.append(out["loss"].detach())
+        loss = loss_fn()
+        (2.0 * loss).backward()  # a scaled loss: the stored gradients must follow grad_output
+        losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     torch.testing.assert_close(losses[0], losses[1])
     assert grads[0].keys() == grads[1].keys()
@@ -66,7 +76,7 @@ def test_memory_efficient_backward_equals_naive(tie):
 
 
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
-def test_next_token_ce_and_depth_metrics(style):
+def test_next_token_ce_and_depth_metrics(cfg, batch, style):
     torch.manual_seed(0)
     c = cfg(style=style, mtp={"n_future": 3, "style": style, "weights": [0.5, 0.25]})
     model = build_model(c)
@@ -81,14 +91,14 @@ def test_next_token_ce_and_depth_metrics(style):
     assert all(0 <= float(m[f"mtp_acc_{d}"]) <= 1 for d in (2, 3))
 
 
-def test_parallel_head_targets_and_accuracy():
+def test_parallel_head_targets_and_accuracy(cfg, batch):
     torch.manual_seed(0)
     model = build_model(cfg(n_future=3))
     x, y = batch()
     m = model(x, y)["metrics"]
     h = model.trunk(x)
     for d in (2, 3):
-        logits = model.logits(model.mtp.heads[d - 2](model, h))
+        logits = model.logits(model.mtp.heads[d - 2](h, model.rope_cos, model.rope_sin))
         target = torch.cat([x, y[:, -1:]], dim=1)[:, d:]  # token t+d
         n = target.size(1)
         ce = F.cross_entropy(logits[:, :n].reshape(-1, V), target.reshape(-1))
@@ -98,7 +108,7 @@ def test_parallel_head_targets_and_accuracy():
     assert shift_targets(y, 2)[:, -2:].eq(-100).all()
 
 
-def test_sequential_depth_reads_exactly_one_token_ahead():
+def test_sequential_depth_reads_exactly_one_token_ahead(cfg, batch):
     """Depth 2 at position t sees tokens <= t+1 (DeepSeek-V3): changing token k changes positions >= k-1 only."""
     torch.manual_seed(0)
     model = build_model(cfg(style="sequential")).eval()
@@ -107,12 +117,13 @@ def test_sequential_depth_reads_exactly_one_token_ahead():
     x2 = x.clone()
     x2[:, k] = (x2[:, k] + 1) % V
     head = model.mtp.heads[0]
-    outs = [head(model, model.trunk(t), torch.cat([t[:, 1:], t[:, :1]], dim=1)) for t in (x, x2)]
+    outs = [head(model.trunk(t), model.embed_tokens(torch.cat([t[:, 1:], t[:, :1]], dim=1)),
+                 model.rope_cos, model.rope_sin) for t in (x, x2)]
     torch.testing.assert_close(outs[0][:, : k - 1], outs[1][:, : k - 1])
     assert not torch.allclose(outs[0][:, k - 1], outs[1][:, k - 1])
 
 
-def test_eval_without_grad_gives_same_metrics():
+def test_eval_without_grad_gives_same_metrics(cfg, batch):
     torch.manual_seed(0)
     model = build_model(cfg())
     x, y = batch()
@@ -123,7 +134,7 @@ def test_eval_without_grad_gives_same_metrics():
         torch.testing.assert_close(out["metrics"][k], ev["metrics"][k])
 
 
-def saved_bytes(model, x, y) -> int:
+def saved_bytes(loss_fn) -> int:
     """Bytes autograd still holds for backward once the forward is done (distinct storages)."""
     packed = []
 
@@ -132,29 +143,27 @@ def saved_bytes(model, x, y) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x, y)["loss"]
+        loss = loss_fn()
     alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for r in packed if (t := r()) is not None}
     del loss
     return sum(alive.values())
 
 
-def test_parallel_heads_keep_no_head_activations():
+def test_parallel_heads_keep_no_head_activations(cfg):
     """The heads' logits and block activations are freed head by head; only their gradients are kept."""
     torch.manual_seed(0)
     c = cfg(n_future=4, vocab_size=512, max_seq_len=64)
     model = build_model(c)
     ids = torch.randint(0, 512, (8, 65))
     x, y = ids[:, :-1], ids[:, 1:]
-    model.mtp.memory_efficient = True
-    efficient = saved_bytes(model, x, y)
-    model.mtp.memory_efficient = False
-    naive = saved_bytes(model, x, y)
+    efficient = saved_bytes(lambda: model(x, y)["loss"])
+    naive = saved_bytes(lambda: plain_autograd_loss(model, x, y))
     logits = 8 * 64 * 512 * 4
     assert naive - efficient > 3 * logits  # at least one [tokens, vocab] fp32 tensor per extra head
 
 
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
-def test_chunked_head_loss_equals_full(style):
+def test_chunked_head_loss_equals_full(cfg, batch, style):
     """model.loss_chunk also applies to the heads (fused chunked CE); loss and gradients are unchanged."""
     x, y = batch()
     results = []

@@ -5,7 +5,7 @@
 Reads run_dir/recipe.yaml (the resolved recipe) and the weights of the newest complete checkpoint
 (`checkpoints/step_*/model.safetensors`, as accelerate's save_state writes it), else a consolidated
 `checkpoints/model.safetensors`; writes config.json, model.safetensors (fp32), the tokenizer files and
-windtunnel_recipe.yaml. Dense models become Llama (export/llama.py); MoE models go to export/moe.py.
+windtunnel_recipe.yaml. Dense models become Llama (export/llama.py); MoE models Mixtral/Qwen-MoE (export/moe.py).
 
 Converter interface (what export/moe.py implements as `convert`):
 
@@ -19,7 +19,6 @@ exactly raises llama.ExportError naming the recipe key. Token ids (eos/bos/pad) 
 """
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 import warnings
@@ -29,13 +28,14 @@ from typing import Protocol
 from torch import Tensor
 
 from ..checkpoint import latest_checkpoint
-from ..mup import canonical_name
+from ..consolidate import WEIGHTS, canonical_name
+from ..data import build_tokenizer
+from ..data.tokenizers import bpe_dir
 from ..recipe import ModelConfig, Recipe
+from . import llama, moe
 from .llama import ExportError
 
 __all__ = ["export_run", "find_weights", "load_state", "Converter", "ExportError"]
-
-WEIGHTS = "model.safetensors"
 
 
 class Converter(Protocol):
@@ -64,16 +64,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
 
 def converter_for(cfg: ModelConfig) -> Converter:
     if cfg.moe.num_experts > 0:
-        try:
-            module = importlib.import_module(f"{__name__}.moe")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.moe":
-                raise
-            raise ExportError("model.moe.num_experts: MoE export is not available yet "
-                              "(windtunnel.export.moe is missing)") from None
-        return module.convert
-    from . import llama
-
+        return moe.convert
     llama.check_supported(cfg)
     return llama.convert
 
@@ -117,7 +108,7 @@ def drop_mtp(cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Multi-token-prediction heads have no HF equivalent; the next-token model is complete without them."""
     dropped = [k for k in state if k.startswith("mtp.")]
     if dropped:
-        print(f"windtunnel export: note: dropping the {cfg.mtp.n_future - 1} extra MTP head(s) "
+        print(f"windtunnel export: note: dropping the {cfg.mtp_depths} extra MTP head(s) "
               f"({len(dropped)} tensors); the exported model predicts the next token only", file=sys.stderr)
     return {k: v for k, v in state.items() if k not in dropped}
 
@@ -128,12 +119,6 @@ def drop_mtp(cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
 def save_tokenizer(recipe: Recipe, out_dir: Path) -> dict:
     """Save the run's tokenizer as HF files; returns the token ids for config.json (None when skipped)."""
     ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    try:
-        from ..data import build_tokenizer
-        from ..data.tokenizers import bpe_dir
-    except ImportError as e:
-        warnings.warn(f"tokenizer not exported: windtunnel.data is unavailable ({e})", stacklevel=2)
-        return ids
     if recipe.tokenizer.kind == "bpe" and not (bpe_dir(recipe) / "tokenizer.json").exists():
         warnings.warn(f"tokenizer not exported: the run's BPE tokenizer {bpe_dir(recipe)} is missing", stacklevel=2)
         return ids

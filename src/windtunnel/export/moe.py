@@ -18,7 +18,6 @@ import math
 import torch
 from torch import Tensor
 
-from ..accounting import expert_dim, is_moe_layer
 from ..recipe import ModelConfig
 from . import llama
 from .llama import ExportError, take
@@ -40,7 +39,7 @@ def family(cfg: ModelConfig) -> str:
                           "(Qwen3-MoE has no shared experts, Qwen2-MoE no QK-norm); export not possible")
     if cfg.qk_norm:
         return "qwen3_moe"
-    all_moe = all(is_moe_layer(cfg, i) for i in range(cfg.n_layers))
+    all_moe = len(cfg.moe_layers) == cfg.n_layers
     if not m.shared_experts and all_moe and m.top_k > 1:
         return "mixtral"
     return "qwen2_moe"
@@ -54,15 +53,15 @@ def hf_config(cfg: ModelConfig, kind: str) -> dict:
              "router_aux_loss_coef": m.load_balance_coef}
     if kind == "mixtral":
         return base | {"architectures": ["MixtralForCausalLM"], "num_local_experts": m.num_experts,
-                       "intermediate_size": expert_dim(cfg), "router_jitter_noise": 0.0, "sliding_window": None}
-    dense = [i for i in range(cfg.n_layers) if not is_moe_layer(cfg, i)]
-    base |= {"num_experts": m.num_experts, "moe_intermediate_size": expert_dim(cfg),
+                       "intermediate_size": cfg.expert_dim, "router_jitter_noise": 0.0, "sliding_window": None}
+    dense = [i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)]
+    base |= {"num_experts": m.num_experts, "moe_intermediate_size": cfg.expert_dim,
              "intermediate_size": cfg.ffn_dim, "norm_topk_prob": m.top_k > 1, "decoder_sparse_step": 1,
              "mlp_only_layers": dense, "use_sliding_window": False}
     if kind == "qwen3_moe":
         return base | {"architectures": ["Qwen3MoeForCausalLM"]}
     return base | {"architectures": ["Qwen2MoeForCausalLM"], "qkv_bias": False,
-                   "shared_expert_intermediate_size": m.shared_experts * expert_dim(cfg)}
+                   "shared_expert_intermediate_size": m.shared_experts * cfg.expert_dim}
 
 
 def convert_qk_norm_attention(cfg: ModelConfig, state: dict[str, Tensor], layer: int) -> dict[str, Tensor]:
@@ -87,7 +86,7 @@ def convert_moe_layer(cfg: ModelConfig, state: dict[str, Tensor], layer: int, ki
            dst + "experts.gate_up_proj": take(state, src + "experts.w_gate_up"),
            dst + "experts.down_proj": take(state, src + "experts.w_down")}
     if kind == "qwen2_moe":
-        width = cfg.moe.shared_experts * expert_dim(cfg)
+        width = cfg.moe.shared_experts * cfg.expert_dim
         if width:
             shared = llama.convert_swiglu(state, src + "shared.", dst + "shared_expert.")
             shared[dst + "shared_expert.down_proj.weight"] *= 2.0  # undoes the gate's sigmoid(0) = 1/2
@@ -107,7 +106,7 @@ def convert(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[dict, dict[str,
             out |= convert_qk_norm_attention(cfg, state, i)
         else:
             out |= llama.convert_attention(cfg, state, i)
-        if is_moe_layer(cfg, i):
+        if cfg.is_moe_layer(i):
             out |= convert_moe_layer(cfg, state, i, kind)
         else:
             out |= llama.convert_swiglu(state, f"blocks.{i}.mlp.", f"model.layers.{i}.mlp.")

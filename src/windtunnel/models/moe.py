@@ -27,7 +27,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..accounting import expert_dim, is_moe_layer
 from ..recipe import ModelConfig
 from .mlp import SwiGLU
 
@@ -96,16 +95,44 @@ def fast_path_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.bfloat16 if dtype == torch.bfloat16 else None
 
 
-def grouped_linear(x: torch.Tensor, w_EOI: torch.Tensor, offsets: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """Per-expert x_e @ w_e^T for expert-sorted rows. impl: auto | native (torch grouped_mm) | fallback."""
+def grouped_linear(x: torch.Tensor, w_EOI: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-expert x_e @ w_e^T for expert-sorted rows: torch's grouped_mm where it applies, else expert_mm."""
     w_EIO = w_EOI.transpose(1, 2)  # a view: grouped_mm takes column-major B
     aligned = w_EOI.size(1) % 8 == 0 and w_EOI.size(2) % 8 == 0  # 16-byte rows in bf16
-    native = impl == "native" or (impl == "auto" and aligned and fast_path_dtype(x) is not None)
-    if native:
-        dtype = fast_path_dtype(x) or x.dtype
+    dtype = fast_path_dtype(x) if aligned else None
+    if dtype is not None:
         return _native_grouped_mm()(x.to(dtype), w_EIO.to(dtype), offs=offsets)
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     return expert_mm(x.to(dtype), w_EIO.to(dtype), offsets)
+
+
+# ----------------------------------------------------------------------------- balancing losses
+
+
+def router_stats(logits: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One layer's balancing statistics, on device: load (detached), Switch lb loss, router z-loss."""
+    load = counts.float() / counts.sum()  # fraction of assignments per expert
+    prob = (scores / scores.sum(-1, keepdim=True)).mean(0)
+    return {"load": load.detach(),
+            "lb": scores.size(-1) * (load.detach() * prob).sum(),
+            "z": torch.logsumexp(logits, dim=-1).square().mean()}
+
+
+def router_loss(cfg: ModelConfig, stats: dict[int, dict[str, torch.Tensor]]
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Coefficient-weighted balancing loss summed over MoE layers {layer: stats}, and its metrics
+    (per-layer max/mean load, lb and z losses averaged over layers, all detached)."""
+    m = cfg.moe
+    some = next(iter(stats.values()))["lb"]
+    loss, metrics = some.new_zeros(()), {}
+    for layer, s in stats.items():
+        metrics[f"moe_imbalance_{layer}"] = s["load"].max() / s["load"].mean()
+    for key, coef in (("lb", m.load_balance_coef), ("z", m.router_z_coef)):
+        total = torch.stack([s[key] for s in stats.values()]).sum()
+        metrics[f"moe_{key}_loss"] = total.detach() / len(stats)
+        if coef:
+            loss = loss + coef * total
+    return loss, metrics
 
 
 # ----------------------------------------------------------------------------- modules
@@ -121,27 +148,26 @@ class Experts(nn.Module):
         nn.init.normal_(self.w_gate_up, std=0.02)
         nn.init.normal_(self.w_down, std=0.02)
 
-    def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        gate, up = grouped_linear(x_sorted, self.w_gate_up, offsets, impl).chunk(2, dim=-1)
-        return grouped_linear(F.silu(gate) * up, self.w_down, offsets, impl)
+    def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        gate, up = grouped_linear(x_sorted, self.w_gate_up, offsets).chunk(2, dim=-1)
+        return grouped_linear(F.silu(gate) * up, self.w_down, offsets)
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int = 0):
+    """forward(x) -> (y, router statistics); `router_loss` turns the statistics of all layers into the loss."""
+
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         m = cfg.moe
-        self.layer, self.n_experts, self.top_k = layer, m.num_experts, m.top_k
+        self.n_experts, self.top_k = m.num_experts, m.top_k
         self.score_fn, self.aux_free, self.bias_rate = m.router, m.aux_free, m.bias_update_rate
-        self.lb_coef, self.z_coef = m.load_balance_coef, m.router_z_coef
-        self.n_moe_layers = sum(is_moe_layer(cfg, i) for i in range(cfg.n_layers))
-        self.impl = "auto"  # tests force "native" / "fallback"
-        hidden = expert_dim(cfg)
+        hidden = cfg.expert_dim
         self.router = nn.Linear(cfg.d_model, m.num_experts, bias=False)
         self.experts = Experts(m.num_experts, cfg.d_model, hidden)
         self.shared = SwiGLU(cfg.d_model, m.shared_experts * hidden) if m.shared_experts else None
         self.register_buffer("router_bias", torch.zeros(m.num_experts))  # persistent: checkpointed
+        # Aux-free balancing state (loads since the last optimizer step), not a loss: read by update_bias.
         self.register_buffer("load_counts", torch.zeros(m.num_experts), persistent=False)
-        self.stats: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ routing
     def route(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,7 +182,7 @@ class MoE(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         return logits, scores, idx, weights
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         shape = x_BTD.shape
         x = x_BTD.reshape(-1, shape[-1])
         logits, scores, idx, weights = self.route(x)
@@ -165,42 +191,15 @@ class MoE(nn.Module):
         counts.scatter_add_(0, flat, torch.ones_like(flat))
         order = flat.argsort(stable=True)
         offsets = counts.cumsum(0).to(torch.int32)
-        y_sorted = self.experts(x[order // self.top_k], offsets, self.impl)
+        y_sorted = self.experts(x[order // self.top_k], offsets)
         y = torch.empty_like(y_sorted)
         y[order] = y_sorted  # back to (token, slot) order; no atomics, deterministic
         out = (y.view(-1, self.top_k, shape[-1]) * weights.unsqueeze(-1).to(y.dtype)).sum(1)
         if self.shared is not None:
             out = out + self.shared(x)
-        self._record(logits, scores, counts)
-        return out.to(x_BTD.dtype).view(shape)
-
-    def _record(self, logits: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor) -> None:
-        """Keep this forward's balancing statistics (detached unless they feed a loss) on device."""
-        load = counts.float() / counts.sum()  # fraction of assignments per expert
-        prob = (scores / scores.sum(-1, keepdim=True)).mean(0)
-        self.stats = {
-            "load": load.detach(),
-            "lb": self.n_experts * (load.detach() * prob).sum(),
-            "z": torch.logsumexp(logits, dim=-1).square().mean(),
-        }
         if self.training and self.aux_free:
             self.load_counts.add_(counts.float())
-
-    # ------------------------------------------------------------------ losses, metrics, bias
-    def aux_loss(self, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
-        """This layer's auxiliary loss (coef-weighted); adds its metrics to `metrics` (detached)."""
-        s = self.stats
-        load = s["load"]
-        metrics[f"moe_imbalance_{self.layer}"] = load.max() / load.mean()
-        for key in ("lb", "z"):  # mean over MoE layers, for logging
-            name = f"moe_{key}_loss"
-            metrics[name] = metrics.get(name, 0.0) + s[key].detach() / self.n_moe_layers
-        loss = s["lb"].new_zeros(())
-        if self.lb_coef:
-            loss = loss + self.lb_coef * s["lb"]
-        if self.z_coef:
-            loss = loss + self.z_coef * s["z"]
-        return loss
+        return out.to(x_BTD.dtype).view(shape), router_stats(logits, scores, counts)
 
     @torch.no_grad()
     def update_bias(self) -> None:
@@ -214,18 +213,3 @@ class MoE(nn.Module):
         self.router_bias.sub_(self.router_bias.mean())
         counts.zero_()
 
-
-def reference_moe(moe: MoE, x_BTD: torch.Tensor) -> torch.Tensor:
-    """Slow, obvious per-expert loop (tests compare the grouped path against it)."""
-    x = x_BTD.reshape(-1, x_BTD.size(-1))
-    _, _, idx, weights = moe.route(x)
-    out = torch.zeros_like(x)
-    for e in range(moe.n_experts):
-        tok, slot = (idx == e).nonzero(as_tuple=True)
-        if tok.numel():
-            gate, up = F.linear(x[tok], moe.experts.w_gate_up[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, moe.experts.w_down[e])
-            out = out.index_add(0, tok, y * weights[tok, slot, None])
-    if moe.shared is not None:
-        out = out + moe.shared(x)
-    return out.view_as(x_BTD)

@@ -13,53 +13,63 @@
 
 Loss = sum over extra depths of weights[d-2] * CE_d (+ the model's logit z-loss). metrics["ce"] stays the
 next-token CE (val loss uses it); each extra depth logs mtp_ce_{d} and mtp_acc_{d} (top-1 accuracy).
+The heads hold no reference to the model: the pieces of the trunk they share (unembedding, RoPE tables,
+token embedding) come in as a `Shared` argument, and forward returns (loss, metrics).
 Parameter names: mtp.heads.{j}.block.* (a dense Block, same names as the trunk's), mtp.heads.{j}.norm.weight,
 and for sequential also mtp.heads.{j}.h_norm.weight, mtp.heads.{j}.e_norm.weight, mtp.heads.{j}.proj.weight [D, 2D].
 """
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..recipe import ModelConfig
-from .loss import lm_loss
+from .block import Block
+from .loss import IGNORE, lm_loss
 
 
-def dense_block(cfg: ModelConfig) -> nn.Module:
-    from .transformer import Block
+@dataclass
+class Shared:
+    """What the heads share with the trunk, handed in at each call."""
+    readout_weight: torch.Tensor  # the unembedding [V, D] (tied or not)
+    logit_scale: float  # muP readout multiplier
+    cos: torch.Tensor  # RoPE tables
+    sin: torch.Tensor
+    embed: Callable[[torch.Tensor], torch.Tensor]  # token ids -> input embeddings (sequential heads)
 
-    dense = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=0))
-    return Block(dense, 0)
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return (h @ self.readout_weight.t()).float() * self.logit_scale
 
 
 def shift_targets(targets: torch.Tensor, offset: int) -> torch.Tensor:
-    """targets[:, t] = x[t+1]; returns x[t+1+offset] at t, -100 where it falls off the end."""
+    """targets[:, t] = x[t+1]; returns x[t+1+offset] at t, IGNORE where it falls off the end."""
     if offset == 0:
         return targets
-    pad = targets.new_full((targets.size(0), offset), -100)
+    pad = targets.new_full((targets.size(0), offset), IGNORE)
     return torch.cat([targets[:, offset:], pad], dim=1)
 
 
-def head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def head_loss(cfg: ModelConfig, shared: Shared, h: torch.Tensor, targets: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(CE, CE + z-loss, top-1 accuracy) of normalised hidden states h through the shared unembedding.
 
-    With model.loss_chunk > 0 the loss is lm_loss's fused chunked path and the accuracy is measured on the
+    With loss_chunk > 0 the loss is lm_loss's fused chunked path and the accuracy is measured on the
     first chunk only (an estimate, to avoid a second pass over the vocabulary)."""
-    cfg = model.cfg
     h, y = h.flatten(0, 1), targets.reshape(-1)
     if 0 < cfg.loss_chunk < y.numel():
-        ce, total = lm_loss(h, model.readout_weight, y, logit_scale=model.logit_mult, z_coef=cfg.z_loss,
+        ce, total = lm_loss(h, shared.readout_weight, y, logit_scale=shared.logit_scale, z_coef=cfg.z_loss,
                             chunk=cfg.loss_chunk)
         with torch.no_grad():
-            acc = _accuracy(model.logits(h[: cfg.loss_chunk]), y[: cfg.loss_chunk])
+            acc = _accuracy(shared.logits(h[: cfg.loss_chunk]), y[: cfg.loss_chunk])
         return ce, total, acc
-    logits = model.logits(h)
-    valid = y != -100
+    logits = shared.logits(h)
+    valid = y != IGNORE
     count = valid.sum().clamp(min=1)
-    ce = F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") / count
+    ce = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum") / count
     total = ce
     if cfg.z_loss:
         total = ce + cfg.z_loss * (torch.logsumexp(logits, -1).square() * valid).sum() / count
@@ -67,18 +77,26 @@ def head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    valid = y != -100
+    valid = y != IGNORE
     return ((logits.argmax(-1) == y) & valid).sum() / valid.sum().clamp(min=1)
+
+
+def depth_metrics(stats: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """mtp_ce_{d}, mtp_acc_{d} for depths d = 2.. from [(CE, accuracy)] per head."""
+    out = {}
+    for j, (ce, acc) in enumerate(stats):
+        out[f"mtp_ce_{j + 2}"], out[f"mtp_acc_{j + 2}"] = ce.detach(), acc
+    return out
 
 
 class ParallelHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.block = dense_block(cfg)
+        self.block = Block(cfg.dense(), 0)
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
 
-    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.block(x, model.rope_cos, model.rope_sin))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block(x, cos, sin)[0])
 
 
 class SequentialHead(nn.Module):
@@ -88,30 +106,27 @@ class SequentialHead(nn.Module):
         self.h_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.e_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.proj = nn.Linear(2 * d, d, bias=False)
-        self.block = dense_block(cfg)
+        self.block = Block(cfg.dense(), 0)
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
 
-    def forward(self, model, h_prev: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden state of this depth (pre-norm) from h_{d-1} and the tokens one step ahead."""
-        e = model.embed(tokens)
-        if model.embed_mult != 1.0:
-            e = e * model.embed_mult
-        x = self.proj(torch.cat([self.h_norm(h_prev), self.e_norm(e)], dim=-1))
-        return self.block(x, model.rope_cos, model.rope_sin)
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Hidden state of this depth (pre-norm) from h_{d-1} and the embeddings of the tokens one step ahead."""
+        x = self.proj(torch.cat([self.h_norm(h_prev), self.e_norm(emb)], dim=-1))
+        return self.block(x, cos, sin)[0]
 
 
 class _SequentialHeadsLoss(torch.autograd.Function):
     """Forward runs each head's forward+backward in turn; backward returns the stored gradients."""
 
     @staticmethod
-    def forward(ctx, heads: "ParallelMTP", model, targets, x, *params):
+    def forward(ctx, heads: "ParallelMTP", shared: Shared, targets, x, *params):
         x_d = x.detach().requires_grad_()
         grads = [torch.zeros_like(x)] + [torch.zeros_like(p) for p in params]
         total = x.new_zeros((), dtype=torch.float32)
         stats = []
         with torch.enable_grad():
-            for j, head in enumerate(heads.heads):
-                weighted, ce, acc = heads.depth_loss(model, j, x_d, targets)
+            for j in range(len(heads.heads)):
+                weighted, ce, acc = heads.depth_loss(shared, j, x_d, targets)
                 for g, new in zip(grads, torch.autograd.grad(weighted, [x_d, *params], allow_unused=True)):
                     if new is not None:
                         g.add_(new)
@@ -128,34 +143,35 @@ class _SequentialHeadsLoss(torch.autograd.Function):
 
 
 class ParallelMTP(nn.Module):
+    """When training, the heads' backward runs inside forward, one head at a time (see the module doc)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.heads = nn.ModuleList(ParallelHead(cfg) for _ in range(cfg.mtp.n_future - 1))
+        self.cfg = cfg
+        self.heads = nn.ModuleList(ParallelHead(cfg) for _ in range(cfg.mtp_depths))
         self.weights = cfg.mtp.weights or [1.0] * len(self.heads)
-        self.memory_efficient = True  # False = plain autograd (tests compare the two)
 
-    def depth_loss(self, model, j: int, x: torch.Tensor, targets: torch.Tensor):
+    def depth_loss(self, shared: Shared, j: int, x: torch.Tensor, targets: torch.Tensor):
         """(weighted loss, CE, accuracy) of head j, which predicts depth j + 2."""
-        ce, total, acc = head_loss(model, self.heads[j](model, x), shift_targets(targets, j + 1))
+        h = self.heads[j](x, shared.cos, shared.sin)
+        ce, total, acc = head_loss(self.cfg, shared, h, shift_targets(targets, j + 1))
         return self.weights[j] * total, ce, acc
 
-    def forward(self, model, x: torch.Tensor, input_ids, targets, metrics: dict) -> torch.Tensor:
-        params = [p for p in self.parameters() if p.requires_grad]
-        params += [p for p in (model.readout_weight,) if p.requires_grad]
-        if self.memory_efficient and torch.is_grad_enabled() and x.requires_grad and _unsharded(params):
-            loss, stats = _efficient_loss(self, model, targets, x, params)
-        else:
-            parts = [self.depth_loss(model, j, x, targets) for j in range(len(self.heads))]
-            loss = torch.stack([p[0] for p in parts]).sum()
-            stats = torch.stack([torch.stack([p[1].detach(), p[2]]) for p in parts])
-        for j in range(len(self.heads)):
-            metrics[f"mtp_ce_{j + 2}"], metrics[f"mtp_acc_{j + 2}"] = stats[j, 0], stats[j, 1]
-        return loss
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, shared: Shared
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        params = [p for p in [*self.parameters(), shared.readout_weight] if p.requires_grad]
+        if torch.is_grad_enabled() and x.requires_grad and _unsharded(params):
+            loss, stats = _efficient_loss(self, shared, targets, x, params)
+            return loss, depth_metrics([(s[0], s[1]) for s in stats])
+        parts = [self.depth_loss(shared, j, x, targets) for j in range(len(self.heads))]
+        loss = torch.stack([p[0] for p in parts]).sum()
+        return loss, depth_metrics([(ce, acc) for _, ce, acc in parts])
 
     @torch.no_grad()
-    def draft(self, model, x: torch.Tensor, tokens: torch.Tensor, next_token: torch.Tensor) -> list[torch.Tensor]:
+    def draft(self, x: torch.Tensor, tokens: torch.Tensor, next_token: torch.Tensor, shared: Shared
+              ) -> list[torch.Tensor]:
         """Greedy guesses for the tokens after `next_token`, from the heads at the last position."""
-        return [model.logits(head(model, x)[:, -1]).argmax(-1) for head in self.heads]
+        return [shared.logits(head(x, shared.cos, shared.sin)[:, -1]).argmax(-1) for head in self.heads]
 
 
 def _unsharded(params: list[torch.Tensor]) -> bool:
@@ -167,37 +183,40 @@ def _unsharded(params: list[torch.Tensor]) -> bool:
 
 
 @torch.compiler.disable  # autograd.grad inside forward: run eagerly (a graph break only around the heads)
-def _efficient_loss(heads, model, targets, x, params):
-    return _SequentialHeadsLoss.apply(heads, model, targets, x, *params)
+def _efficient_loss(heads, shared, targets, x, params):
+    return _SequentialHeadsLoss.apply(heads, shared, targets, x, *params)
 
 
 class SequentialMTP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.heads = nn.ModuleList(SequentialHead(cfg) for _ in range(cfg.mtp.n_future - 1))
+        self.cfg = cfg
+        self.heads = nn.ModuleList(SequentialHead(cfg) for _ in range(cfg.mtp_depths))
         self.weights = cfg.mtp.weights or [1.0] * len(self.heads)
 
-    def forward(self, model, x: torch.Tensor, input_ids, targets, metrics: dict) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, shared: Shared
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         full = torch.cat([input_ids, targets[:, -1:].clamp(min=0)], dim=1)  # x_0 .. x_T
         T = input_ids.size(1)
-        loss, h = x.new_zeros((), dtype=torch.float32), x
+        loss, h, stats = x.new_zeros((), dtype=torch.float32), x, []
         for j, head in enumerate(self.heads):
             tokens = full[:, j + 1: j + 1 + T]
             tokens = F.pad(tokens, (0, T - tokens.size(1)))  # positions without a target anyway
-            h = head(model, h, tokens)
-            ce, total, acc = head_loss(model, head.norm(h), shift_targets(targets, j + 1))
+            h = head(h, shared.embed(tokens), shared.cos, shared.sin)
+            ce, total, acc = head_loss(self.cfg, shared, head.norm(h), shift_targets(targets, j + 1))
             loss = loss + self.weights[j] * total
-            metrics[f"mtp_ce_{j + 2}"], metrics[f"mtp_acc_{j + 2}"] = ce.detach(), acc
-        return loss
+            stats.append((ce, acc))
+        return loss, depth_metrics(stats)
 
     @torch.no_grad()
-    def draft(self, model, x: torch.Tensor, tokens: torch.Tensor, next_token: torch.Tensor) -> list[torch.Tensor]:
+    def draft(self, x: torch.Tensor, tokens: torch.Tensor, next_token: torch.Tensor, shared: Shared
+              ) -> list[torch.Tensor]:
         """Chain the depths: depth d reads the token drafted by depth d-1 at the last position."""
         ext, h, out = torch.cat([tokens, next_token[:, None]], dim=1), x, []
         T = tokens.size(1)
         for j, head in enumerate(self.heads):
-            h = head(model, h, ext[:, j + 1: j + 1 + T])
-            guess = model.logits(head.norm(h[:, -1])).argmax(-1)
+            h = head(h, shared.embed(ext[:, j + 1: j + 1 + T]), shared.cos, shared.sin)
+            guess = shared.logits(head.norm(h[:, -1])).argmax(-1)
             out.append(guess)
             ext = torch.cat([ext, guess[:, None]], dim=1)
         return out

@@ -4,6 +4,9 @@ Users add theirs with a decorator instead of import strings in recipes (nothing 
 
     @register_model("my_lm")
     def build(cfg: ModelConfig) -> nn.Module: ...
+
+The built-in "transformer" is registered by `windtunnel.models` (this module imports no model, so
+models can import it without a cycle).
 """
 from __future__ import annotations
 
@@ -14,20 +17,18 @@ from torch import nn
 from ..recipe import ModelConfig, RecipeError
 
 Builder = Callable[[ModelConfig], nn.Module]
-_BUILDERS: dict[str, Builder] = {}
+BUILDERS: dict[str, Builder] = {}
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     def wrap(fn: Builder) -> Builder:
-        _BUILDERS[name] = fn
+        BUILDERS[name] = fn
         return fn
     return wrap
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    from . import transformer  # noqa: F401  (registers the built-in architecture)
-
-    if cfg.arch not in _BUILDERS:
-        known = ", ".join(sorted(_BUILDERS))
+    if cfg.arch not in BUILDERS:
+        known = ", ".join(sorted(BUILDERS))
         raise RecipeError(f"model.arch: unknown architecture {cfg.arch!r} (registered: {known})")
-    return _BUILDERS[cfg.arch](cfg)
+    return BUILDERS[cfg.arch](cfg)

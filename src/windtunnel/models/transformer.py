@@ -2,7 +2,8 @@
 
 `forward(input_ids)` returns logits [B, T, V]; `forward(input_ids, targets)` returns
 {"loss": scalar to backprop, "metrics": {"ce": next-token CE, ...}} so the trainer can log extras
-(MoE load, MTP depths) without host syncs.
+(MoE load, MTP depths) without host syncs. The MoE blocks and the MTP heads return their losses and
+metrics; this module adds them up.
 """
 from __future__ import annotations
 
@@ -10,34 +11,17 @@ import torch
 from torch import nn
 
 from .. import mup
-from ..accounting import is_moe_layer
 from ..recipe import ModelConfig
-from .attention import Attention, rope_tables
+from .attention import rope_tables
+from .block import Block
 from .loss import lm_loss
-from .mlp import SwiGLU
-from .registry import register_model
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
-        super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, scale=mup.attention_scale(cfg))
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.is_moe = is_moe_layer(cfg, layer)
-        if self.is_moe:
-            from .moe import MoE
-
-            self.mlp = MoE(cfg, layer)
-        else:
-            self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+from .moe import router_loss
+from .mtp import Shared, build_mtp
 
 
 class Transformer(nn.Module):
+    block_types = (Block,)  # models.protocol.BlockModel: what FSDP shards and checkpointing recomputes
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= 0 or cfg.max_seq_len <= 0:
@@ -52,11 +36,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.mtp = None
-        if cfg.mtp.n_future > 1:
-            from .mtp import build_mtp
-
-            self.mtp = build_mtp(cfg)
+        self.mtp = build_mtp(cfg) if cfg.mtp_depths > 0 else None
         self.reset_parameters()
 
     @property
@@ -74,40 +54,54 @@ class Transformer(nn.Module):
             self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device=self.rope_cos.device
         )
 
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)
+        return x * self.embed_mult if self.embed_mult != 1.0 else x
+
+    def run_blocks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
+        """Residual stream after the last block [B, T, D] (before the final norm) and the router
+        statistics of each MoE block {layer: stats}."""
+        x, router = self.embed_tokens(input_ids), {}
+        for i, block in enumerate(self.blocks):
+            x, aux = block(x, self.rope_cos, self.rope_sin)
+            if aux:
+                router[i] = aux
+        return x, router
+
     def trunk(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Residual stream after the last block [B, T, D] (before the final norm)."""
-        x = self.embed(input_ids)
-        if self.embed_mult != 1.0:
-            x = x * self.embed_mult
-        for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
-        return x
+        return self.run_blocks(input_ids)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return (hidden @ self.readout_weight.t()).float() * self.logit_mult
 
+    def shared_with_heads(self) -> Shared:
+        """The trunk pieces the MTP heads read (they hold no reference to this model)."""
+        return Shared(self.readout_weight, self.logit_mult, self.rope_cos, self.rope_sin, self.embed_tokens)
+
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
-        x = self.trunk(input_ids)
+        x, router = self.run_blocks(input_ids)
         h = self.norm(x)
         if targets is None:
             return self.logits(h)
         ce, loss = lm_loss(h, self.readout_weight, targets, logit_scale=self.logit_mult,
                            z_coef=self.cfg.z_loss, chunk=self.cfg.loss_chunk)
         metrics = {"ce": ce.detach()}
-        for block in self.blocks:
-            if block.is_moe:
-                loss = loss + block.mlp.aux_loss(metrics)
+        if router:
+            aux, moe_metrics = router_loss(self.cfg, router)
+            loss, metrics = loss + aux, metrics | moe_metrics
         if self.mtp is not None:
-            loss = loss + self.mtp(self, x, input_ids, targets, metrics)
+            aux, mtp_metrics = self.mtp(x, input_ids, targets, self.shared_with_heads())
+            loss, metrics = loss + aux, metrics | mtp_metrics
         return {"loss": loss, "metrics": metrics}
+
+    @torch.no_grad()
+    def draft(self, x: torch.Tensor, tokens: torch.Tensor, next_token: torch.Tensor) -> list[torch.Tensor]:
+        """The MTP heads' greedy guesses for the tokens after `next_token` (speculative decoding)."""
+        return self.mtp.draft(x, tokens, next_token, self.shared_with_heads())
 
     def after_optimizer_step(self) -> None:
         """Called by the trainer after each optimizer step: aux-loss-free MoE bias updates (no host sync)."""
         for block in self.blocks:
             if block.is_moe:
                 block.mlp.update_bias()
-
-
-@register_model("transformer")
-def build_transformer(cfg: ModelConfig) -> Transformer:
-    return Transformer(cfg)
