@@ -5,11 +5,8 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs/architecture.md"
 
 
-def test_architecture_examples_run(tmp_path, monkeypatch):
-    import windtunnel.models.transformer  # noqa: F401  (registers the built-in architecture first)
-    from windtunnel.models import registry
-
-    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # the doc registers "bigram"
+def test_architecture_examples_run(tmp_path, monkeypatch, model_registry):
+    # model_registry (tests/conftest.py) restores the registry: the doc registers "bigram"
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) == 4  # the shared recipe, a model, a callback, a schedule

@@ -23,7 +23,7 @@ def imported_modules(name: str, path: Path) -> set[str]:
     """windtunnel modules that `name` imports anywhere in its body (function-level imports included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -34,6 +34,15 @@ def imported_modules(name: str, path: Path) -> set[str]:
             # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports mod
             found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
     return {m for m in found if m in MODULES and m != name}
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node that runs on import or call: `if TYPE_CHECKING:` bodies are annotations only."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from runtime_nodes(node)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -56,15 +65,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 GRAPH = {name: imported_modules(name, path) for name, path in MODULES.items()}
-# The trainer <-> branches cycle goes with the trainer's callback API (issue 10, item 1, another branch);
-# once branches.py no longer imports the trainer this marker is inert and can be deleted.
-PENDING_TRAINER_BRANCHES = ("windtunnel.trainer" in GRAPH.get("windtunnel.branches", set())
-                            and "windtunnel.branches" in GRAPH["windtunnel.trainer"])
 
 
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_type_checking_imports_are_not_runtime_edges():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nimport y\n")
+    names = {a.name for n in runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert names == {"y"}
 
 
 def test_relative_imports_resolve_to_modules():
@@ -74,7 +85,6 @@ def test_relative_imports_resolve_to_modules():
     assert "windtunnel.consolidate" in GRAPH["windtunnel.distributed.optimizer"]  # from .. import consolidate
 
 
-@pytest.mark.xfail(PENDING_TRAINER_BRANCHES, reason="trainer <-> branches, being removed", strict=True)
 def test_module_import_graph_is_acyclic():
     graph = {name: set(deps) for name, deps in GRAPH.items()}
     cycle = find_cycle(graph)

@@ -248,7 +248,7 @@ def test_should_stop_ends_run_with_checkpoint_and_resumes_exactly(tmp_path):
 
 
 def test_stop_without_periodic_checkpoints_writes_none(tmp_path):
-    r = tiny_recipe(ckpt_every=0).replace(["logging.log_every=5"])
+    r = tiny_recipe(ckpt_every=0).with_overrides(["logging.log_every=5"])
     s = Trainer(r, train_data=token_batches(), out_dir=tmp_path, callbacks=[Hooks(stop_at=3)]).fit()
     assert s["status"] == "stopped" and not (tmp_path / "checkpoints").exists()
     assert [step for step, _ in losses(tmp_path)] == [3]  # the partial log window is written
