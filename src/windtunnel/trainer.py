@@ -36,7 +36,8 @@ __all__ = ["Callback", "TrainState", "Trainer", "TrainingHalted"]
 
 
 class TrainingHalted(RuntimeError):
-    """Raised when the loss goes non-finite under nan_policy=halt (the last good checkpoint is kept)."""
+    """The run cannot go on: a non-finite loss under nan_policy=halt, or more skipped steps or spike
+    rewinds than train.max_skips (the last good checkpoint is kept)."""
 
 
 class Trainer:
@@ -113,12 +114,12 @@ class Trainer:
             state.skip_update = True
         elif hooks:
             self.emit("pre_optim_step", state)
-        if state.skip_update:
+        if state.skip_update and state.rewind_to is None:  # a rewind is counted by its callback
             state.skipped += 1
             if state.skipped > r.max_skips:
                 raise TrainingHalted(f"step {state.step + 1}: {state.skipped} steps skipped "
                                      f"(train.max_skips={r.max_skips}); halting")
-        else:
+        if not state.skip_update:
             self.optimizer.step()
             self.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
