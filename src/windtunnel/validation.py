@@ -4,7 +4,8 @@ Numbers are checked systematically: every number in the tree (lists included) mu
 must lie inside the bound of its key in RECIPE_BOUNDS, or be >= 0 when its key is not listed, so a
 field added later is covered without a new line here. Cross-field rules (divisibility, exactly one
 of steps/tokens, the distributed and muP combinations, decay branches) follow. Checks that need the
-tokenizer or the corpus live in windtunnel.data and run before the first training step.
+tokenizer or the corpus (model.vocab_size against the tokenizer: a model may also be fed
+user batches) live in windtunnel.data and run before the first training step.
 Like recipe.py, this module does not import torch.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .recipe import ModelConfig, Recipe
 
 Fail = Callable[[str, str], None]
-BYTE_VOCAB = 258  # windtunnel.data.ByteTokenizer: 256 bytes + end of document + padding
+BYTE_VOCAB = 258  # the byte-level alphabet a BPE starts from, plus end of document and padding
 
 
 @dataclass(frozen=True)
@@ -101,21 +102,19 @@ def validate(r: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: {path}: {msg}")
 
     check_numbers(r, RECIPE_BOUNDS, fail)
-    _check_model(r.model, r.train.seq_len, fail)
+    _check_model(r.model, fail)
     _check_training(r, fail)
     _check_inputs(r, fail)
     _check_distributed(r, fail)
 
 
-def _check_model(m: ModelConfig, seq_len: int, fail: Fail) -> None:
+def _check_model(m: ModelConfig, fail: Fail) -> None:
     if m.n_heads % m.kv_heads:
         fail("model.n_heads", f"{m.n_heads} is not divisible by model.n_kv_heads={m.kv_heads}")
     if m.d_model % m.n_heads:
         fail("model.d_model", f"{m.d_model} is not divisible by model.n_heads={m.n_heads}")
     if m.head_dim % 2:
         fail("model.d_model", f"head dim {m.head_dim} must be even for RoPE")
-    if m.max_seq_len and m.max_seq_len < seq_len:
-        fail("model.max_seq_len", f"{m.max_seq_len} is shorter than train.seq_len={seq_len}")
     e = m.moe
     if e.num_experts and e.top_k > e.num_experts:
         fail("model.moe.top_k", f"must be in [1, num_experts={e.num_experts}], got {e.top_k}")
@@ -150,10 +149,6 @@ def _check_inputs(r: Recipe, fail: Fail) -> None:
         fail("tokenizer.path", "kind=hf needs a tokenizer name or path")
     if tok.kind == "bpe" and tok.vocab_size < BYTE_VOCAB:
         fail("tokenizer.vocab_size", f"{tok.vocab_size} is too small for a byte-level BPE (needs >= {BYTE_VOCAB})")
-    vocab = r.model.vocab_size
-    if tok.kind == "byte" and 0 < vocab < BYTE_VOCAB:
-        fail("model.vocab_size", f"{vocab} is smaller than the byte tokenizer's {BYTE_VOCAB} ids "
-                                 f"(set 0 to take it from the tokenizer)")
 
 
 def _check_distributed(r: Recipe, fail: Fail) -> None:

@@ -16,7 +16,7 @@ from .sampler import TrainSampler, ValSampler
 from .shards import build_shards, open_split
 from .tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, build_tokenizer, train_tokenizer
 
-__all__ = ["DataBundle", "build_data", "build_tokenizer", "train_tokenizer", "check_vocab", "Tokenizer",
+__all__ = ["DataBundle", "build_data", "build_tokenizer", "train_tokenizer", "check_model_fits", "Tokenizer",
            "ByteTokenizer", "HFTokenizer"]
 
 
@@ -34,7 +34,7 @@ def build_data(recipe: Recipe, tok: Tokenizer) -> DataBundle:
     Refuses, before any training step, a model vocabulary smaller than the tokenizer's and a train
     split too small for one sequence (one-line RecipeError/DataError naming the key).
     """
-    check_vocab(recipe, tok)
+    check_model_fits(recipe, tok)
     root, manifest = build_shards(recipe.data, tok)
     check_train_size(recipe, manifest)
     t = recipe.train
@@ -43,9 +43,15 @@ def build_data(recipe: Recipe, tok: Tokenizer) -> DataBundle:
     return DataBundle(train=train, val=val, manifest=manifest, path=root)
 
 
-def check_vocab(recipe: Recipe, tok: Tokenizer) -> None:
-    """model.vocab_size (when set) must cover every id the tokenizer can produce."""
-    vocab = recipe.model.vocab_size
+def check_model_fits(recipe: Recipe, tok: Tokenizer) -> None:
+    """model.vocab_size must cover every id the tokenizer produces, model.max_seq_len a sequence (when set).
+
+    Checked here, not in recipe validation: a model fed user batches may use any vocabulary/length.
+    """
+    m = recipe.model
+    if m.max_seq_len and m.max_seq_len < recipe.train.seq_len:
+        raise RecipeError(f"model.max_seq_len: {m.max_seq_len} is shorter than train.seq_len={recipe.train.seq_len}")
+    vocab = m.vocab_size
     if vocab and vocab < tok.vocab_size:
         raise RecipeError(f"model.vocab_size: {vocab} is smaller than the tokenizer's vocabulary "
                           f"({tok.vocab_size} ids, tokenizer.kind={recipe.tokenizer.kind}); "
