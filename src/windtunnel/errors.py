@@ -102,9 +102,9 @@ def check_writable(target: str | Path, flag: str, directory: bool = True) -> Non
     if not parent.is_dir():
         raise RecipeError(f"{flag}: {target}: {parent} is not a directory")
     if _read_only(parent):
-        raise RecipeError(f"{flag}: read-only file system: {parent}")
+        raise RecipeError(f"{flag}: read-only file system: {target}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecipeError(f"{flag}: permission denied: {parent}")
+        raise RecipeError(f"{flag}: permission denied: {target} ({parent} is not writable)")
 
 
 def _read_only(path: Path) -> bool:
