@@ -76,6 +76,7 @@ CASES = [
     ("train r.yaml --out /sys/windtunnel-test/run", ["/sys"]),
     ("schedule r.yaml --png /sys/windtunnel-test.png", ["/sys"]),
     ("schedule r.yaml --png corpus", ["--png", "corpus", "is a directory"]),
+    ("schedule r.yaml --png nodir/lr.png", ["--png", "nodir", "does not exist"]),
     ("sweep s.yaml --out /sys/windtunnel-test", ["/sys"]),
     ("sweep s.yaml --out afile", ["--out", "afile", "not a directory"]),
     # issue 11, part B: silently accepted before
@@ -168,6 +169,13 @@ def test_full_disk_names_the_run_directory(work, capsys, monkeypatch):
     _fail_under(monkeypatch, work / "full", "write_text", errno.ENOSPC, with_name=False)
     code, err = run_cli(["train", "r.yaml", "--out", "full"], capsys)
     assert_one_line(code, err, "no space left on device: full")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_folder_without_write_permission(work, capsys):
+    (work / "locked").mkdir(mode=0o500)
+    code, err = run_cli(["train", "r.yaml", "--out", "locked/run"], capsys)
+    assert_one_line(code, err, "--out: permission denied: locked/run")
 
 
 def test_read_only_target_refused_before_any_work(work, capsys, monkeypatch):

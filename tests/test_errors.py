@@ -53,3 +53,5 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path / "f", "--out")
     with pytest.raises(RecipeError, match="--png: .* is a directory"):
         check_writable(tmp_path, "--png", directory=False)
+    with pytest.raises(RecipeError, match="--png: .*: folder .*nodir does not exist"):
+        check_writable(tmp_path / "nodir" / "lr.png", "--png", directory=False)

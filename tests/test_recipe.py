@@ -127,10 +127,12 @@ def numeric_keys(cls=Recipe, prefix=""):
 NUMERIC = list(numeric_keys())
 
 
-def test_numeric_keys_found():
+def test_numeric_keys_found_and_every_bound_names_a_real_key():
+    from windtunnel.validation import RECIPE_BOUNDS
+
     keys = {k for k, _, _ in NUMERIC}
     assert {"optim.lr", "train.threads", "model.mup.input_mult", "schedule.wsd.branches", "optim.betas"} <= keys
-    assert len(keys) > 50
+    assert set(RECIPE_BOUNDS) <= keys, set(RECIPE_BOUNDS) - keys  # a typo there would check nothing
 
 
 @pytest.mark.parametrize("key, kind, is_list", NUMERIC, ids=[k for k, _, _ in NUMERIC])

@@ -96,6 +96,8 @@ def check_writable(target: str | Path, flag: str, directory: bool = True) -> Non
         raise RecipeError(f"{flag}: {target} exists and is not a directory")
     if not directory and path.is_dir():
         raise RecipeError(f"{flag}: {target} is a directory, expected a file name")
+    if not directory and not path.parent.is_dir():
+        raise RecipeError(f"{flag}: {target}: folder {path.parent} does not exist")
     parent = path if directory else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -103,6 +103,16 @@ def test_table_and_manifest(tmp_path):
     assert m["total_gpu_hours"] == pytest.approx(2 * hours)
 
 
+def test_every_sweep_bound_names_a_real_key():
+    import dataclasses
+
+    from windtunnel.sweep.plan import SWEEP_BOUNDS, EstimateConfig, ExecutorConfig, ScaleAxis
+
+    keys = {f"{prefix}{f.name}" for prefix, cls in (("executor.", ExecutorConfig), ("estimate.", EstimateConfig),
+                                                     ("sweep.scale.", ScaleAxis)) for f in dataclasses.fields(cls)}
+    assert set(SWEEP_BOUNDS) <= keys, set(SWEEP_BOUNDS) - keys
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"sweeps": {}}, "unknown key sweeps (did you mean sweep?)"),
     ({"sweep": {"gird": {}}}, "unknown axis sweep.gird (did you mean sweep.grid?)"),
