@@ -112,6 +112,7 @@ CASES = [
      ["schedule.wsd.branches", "train.tokens=1000"]),
     # data and tokenizer
     ("train r.yaml --set model.max_seq_len=8", ["model.max_seq_len", "train.seq_len=16"]),
+    ("train r.yaml --set data.cache_dir=afile", ["data.cache_dir", "afile", "not a directory"]),
     ("train r.yaml --set data.paths=[bad.jsonl]", ["bad.jsonl:2", "invalid JSON"]),
     ("train r.yaml --set data.paths=[missing/*.txt]", ["data.paths", "missing/*.txt", "matches no file"]),
     ("train r.yaml --set tokenizer.kind=hf --set tokenizer.path=nobody/no-tokenizer", ["tokenizer.path"]),

@@ -20,6 +20,12 @@ def test_expected_failures_are_one_line(exc, line):
     assert describe(exc) == line
 
 
+def test_out_of_memory_suggests_a_smaller_batch():
+    torch = pytest.importorskip("torch")
+    line = describe(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"))
+    assert line.startswith("out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)") and "train.batch_size" in line
+
+
 @pytest.mark.parametrize("exc", [ValueError("x"), KeyError("k"), ZeroDivisionError(),
                                  ModuleNotFoundError("No module named 'windtunnel.nope'", name="windtunnel.nope"),
                                  ImportError("cannot import name 'f' from 'transformers'", name="transformers")])

@@ -43,6 +43,9 @@ def describe(exc: BaseException) -> str | None:
         return os_error_line(exc)
     if isinstance(exc, UnicodeDecodeError):
         return f"input is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's, by name: no import
+        return f"out of memory ({one_line(str(exc))[:200]}); lower train.batch_size or train.seq_len " \
+               f"(raise train.grad_accum to keep the batch)"
     if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] != "windtunnel":
         root = exc.name.split(".")[0]
         return f"missing package {root!r} ({INSTALL_HINTS.get(root, f'pip install {root}')})"
