@@ -97,6 +97,7 @@ CASES = [
     ("train r.yaml --set schedule.power.a=.inf", ["schedule.power.a", "finite"]),
     ("train r.yaml --set model.moe.load_balance_coef=-1", ["model.moe.load_balance_coef", ">= 0"]),
     ("train r.yaml --set model.mtp.n_future=2 --set model.mtp.weights=[.nan]", ["model.mtp.weights[0]", "finite"]),
+    ("train r.yaml --set train.seed=" + "9" * 400, ["train.seed", "64 bits", "400-digit"]),
     ("train r.yaml --set train.clip=-1", ["train.clip", ">= 0"]),
     ("train r.yaml --set model.n_kv_heads=0", ["model.n_kv_heads", "positive"]),
     ("train r.yaml --set logging.peak_tflops=-5", ["logging.peak_tflops", "positive"]),

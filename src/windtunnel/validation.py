@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .recipe import ModelConfig, Recipe
 
 Fail = Callable[[str, str], None]
+INT64_MAX = 2**63 - 1
 BYTE_VOCAB = 258  # the byte-level alphabet a BPE starts from, plus end of document and padding
 
 
@@ -44,7 +45,9 @@ class Bound:
         if self.low is None and self.high is None:
             return "finite"
         if self.high is None:
-            return "positive" if self.low_open and self.low == 0 else f"{'>' if self.low_open else '>='} {self.low:g}"
+            if self.low_open and self.low == 0:
+                return "positive"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
         return f"in {left}{self.low:g}, {self.high:g}{right}"
 
@@ -88,8 +91,10 @@ def check_numbers(obj: Any, bounds: dict[str, Bound], fail: Fail, prefix: str = 
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             where = path if i is None else f"{path}[{i}]"
-            if not math.isfinite(v):
+            if isinstance(v, float) and not math.isfinite(v):  # (math.isfinite overflows on huge ints)
                 fail(where, f"must be finite, got {v}")
+            if isinstance(v, int) and abs(v) > INT64_MAX:  # torch (seeds, counters) takes 64-bit integers
+                fail(where, f"must fit in 64 bits (at most {INT64_MAX}), got a {len(str(abs(v)))}-digit number")
             bound = bounds.get(path, NON_NEGATIVE)
             if not bound.admits(v):
                 fail(where, f"must be {bound}, got {v}" + (f" ({bound.note})" if bound.note else ""))
