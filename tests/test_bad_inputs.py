@@ -32,6 +32,7 @@ def work(tmp_path, monkeypatch):
     for i in range(6):
         (tmp_path / "corpus" / f"d{i}.txt").write_text(f"hello world number {i} " * 40)
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.parquet").write_text("PAR1 but not really")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
@@ -114,6 +115,7 @@ CASES = [
     # data and tokenizer
     ("train r.yaml --set model.max_seq_len=8", ["model.max_seq_len", "train.seq_len=16"]),
     ("train r.yaml --set data.cache_dir=afile", ["data.cache_dir", "afile", "not a directory"]),
+    ("train r.yaml --set data.paths=[bad.parquet]", ["bad.parquet", "not a readable Parquet file"]),
     ("train r.yaml --set data.paths=[bad.jsonl]", ["bad.jsonl:2", "invalid JSON"]),
     ("train r.yaml --set data.paths=[missing/*.txt]", ["data.paths", "missing/*.txt", "matches no file"]),
     ("train r.yaml --set tokenizer.kind=hf --set tokenizer.path=nobody/no-tokenizer", ["tokenizer.path"]),

@@ -130,6 +130,7 @@ def test_every_sweep_bound_names_a_real_key():
     ({"sweep": {"scale": {"widths": [64], "aspect": "wide"}}}, "sweep.scale.aspect: expected float"),
     ({"estimate": {"mfu": 2}}, "estimate.mfu: must be in (0, 1]"),
     ({"executor": {"kind": "k8s"}}, "executor.kind: 'k8s' is not one of local, slurm"),
+    ({"out_dir": 5}, "out_dir: expected a string, got 5"),
     ({"executor": {"gpus": -3}}, "executor.gpus: must be >= 0, got -3"),
     ({"executor": {"kind": "slurm", "gpus_per_run": 0}}, "executor.gpus_per_run: must be positive, got 0"),
     ({"executor": {"time_min": -60}}, "executor.time_min: must be positive, got -60"),

@@ -207,7 +207,10 @@ def _text_of(row: object, field: str, doc_id: str) -> Iterator[Document]:
 def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
+    try:
+        table = pq.ParquetFile(path)
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid / ArrowIOError
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(str(e))})") from None
     if field not in table.schema_arrow.names:
         raise DataError(f"{path}: no column {field!r} (set data.text_field; columns: "
                          f"{', '.join(table.schema_arrow.names)})")

@@ -139,6 +139,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise RecipeError(f"--set: expected key.path=value, got {item!r}")
         set_key(base, key.strip(), yaml.safe_load(text) if text.strip() else None)
     name = str(raw.get("name") or path.stem)
+    for key in ("name", "out_dir"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise RecipeError(f"{src}: {key}: expected a string, got {raw[key]!r}")
     axes = _check_axes(_mapping(raw.get("sweep"), src, "sweep"), src)
     spec = SweepSpec(
         name=name, path=path, base=base, axes=axes,
