@@ -78,6 +78,7 @@ CASES = [
     ("schedule r.yaml --png /sys/windtunnel-test.png", ["/sys"]),
     ("schedule r.yaml --png corpus", ["--png", "corpus", "is a directory"]),
     ("schedule r.yaml --png nodir/lr.png", ["--png", "nodir", "does not exist"]),
+    ("schedule r.yaml --png lr.png --world-size 0", ["--world-size", "positive", "0"]),
     ("sweep s.yaml --out /sys/windtunnel-test", ["/sys"]),
     ("sweep s.yaml --out afile", ["--out", "afile", "not a directory"]),
     # issue 11, part B: silently accepted before

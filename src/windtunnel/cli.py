@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import check_writable, debug_requested, run_command
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 # Subcommands whose argument parsing lives with their feature: name -> module with main(argv) -> int.
 DELEGATED = {
@@ -90,6 +90,8 @@ def cmd_schedule(args) -> int:
     from .schedules import plot_schedule
 
     recipe = Recipe.load(args.recipe, args.overrides)
+    if args.world_size < 1:
+        raise RecipeError(f"--world-size: must be positive, got {args.world_size}")
     check_writable(args.png, "--png", directory=False)
     plot_schedule(recipe, args.png, args.world_size)
     print(f"wrote {args.png}")
