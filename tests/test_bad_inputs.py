@@ -28,6 +28,7 @@ RECIPE = {
 def work(tmp_path, monkeypatch):
     """A tmp folder holding r.yaml (a valid tiny recipe), a corpus, and assorted bad files."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WINDTUNNEL_DEBUG", raising=False)
     (tmp_path / "corpus").mkdir()
     for i in range(6):
         (tmp_path / "corpus" / f"d{i}.txt").write_text(f"hello world number {i} " * 40)
@@ -226,16 +227,17 @@ def test_a_real_bug_keeps_its_traceback(work, monkeypatch):
         main(["schedule", "r.yaml", "--png", "lr.png"])
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
-def test_debug_shows_the_traceback_of_expected_errors(work, capsys, monkeypatch, how):
-    argv = ["train", "r.yaml", "--set", "optim.lr=nan"]
-    if how == "flag":
-        argv.append("--debug")
-    else:
-        monkeypatch.setenv("WINDTUNNEL_DEBUG", "1")
+@pytest.mark.parametrize("argv, env, key", [
+    (["train", "r.yaml", "--set", "optim.lr=nan", "--debug"], {}, "optim.lr"),
+    (["train", "r.yaml", "--set", "optim.lr=nan"], {"WINDTUNNEL_DEBUG": "1"}, "optim.lr"),
+    (["--debug", "sweep", "gpus.yaml", "--dry-run"], {}, "executor.gpus"),  # delegated subcommand
+])
+def test_debug_shows_the_traceback_of_expected_errors(work, capsys, monkeypatch, argv, env, key):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     code, err = run_cli(argv, capsys)
     assert code == 2 and "Traceback" in err and "RecipeError" in err
-    assert err.splitlines()[-1].startswith("windtunnel: error:") and "optim.lr" in err.splitlines()[-1]
+    assert err.splitlines()[-1].startswith("windtunnel") and key in err.splitlines()[-1]
 
 
 def _subprocess(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
