@@ -4,7 +4,11 @@ import shutil
 import pytest
 import yaml
 
-from windtunnel.sweep.cli import main
+from windtunnel.cli import main as windtunnel_main
+
+
+def main(argv: list[str]) -> int:
+    return windtunnel_main(["sweep", *argv])
 
 
 @pytest.fixture
