@@ -169,6 +169,9 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # see compile.py
+    compile_scope: Literal["model", "blocks"] = "model"  # blocks = each transformer block on its own
+    compile_static: bool = False  # dynamic=False: static shapes (implied by reduce-overhead)
     nan_policy: Literal["halt", "skip"] = "halt"
     max_skips: int = 10  # with nan_policy=skip: halt after this many consecutive bad steps
     threads: int | None = None  # torch CPU threads; None = leave torch's default
@@ -443,6 +446,8 @@ def validate(r: Recipe, source: str) -> None:
         fail("distributed.zero_stage", f"must be 0-3, got {d.zero_stage}")
     if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
         fail("distributed.nvme_path", "nvme offload needs distributed.nvme_path")
+    if not t.compile and (t.compile_mode, t.compile_scope, t.compile_static) != ("default", "model", False):
+        fail("train.compile", "train.compile_mode/compile_scope/compile_static need train.compile: true")
 
 
 def _validate_moe_mtp(m: ModelConfig, fail) -> None:

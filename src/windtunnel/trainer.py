@@ -22,6 +22,7 @@ from torch import nn
 
 from . import accounting, checkpoint, distributed
 from .branches import BranchRunner
+from .compile import apply_compile
 from .distributed import build_accelerator
 from .logging import MetricsLogger, truncate_metrics
 from .optim import set_lr
@@ -105,7 +106,7 @@ class Trainer:
         model = distributed.wrap_model(model, self.recipe, acc)
         optimizer = distributed.build_optimizer(model, self.recipe, acc)
         if self.recipe.train.compile:
-            model = torch.compile(model)
+            model = apply_compile(model, self.recipe)
         self.model, self.optimizer = distributed.prepare(acc, model, optimizer, self.recipe)
         state = {"step": 0, "tokens": 0, "skipped": 0}
         if resume_from is not None:
