@@ -62,10 +62,11 @@ def child_env(args, work: Path) -> dict:
     paths = [str(ROOT / "src"), str(work / "site"), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+               WANDB_MODE="disabled")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(work / "torch_extensions"))
     if args.dry_run:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WINDTUNNEL_CPU="1", CUDA_VISIBLE_DEVICES="")
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WINDTUNNEL_CPU="1", CUDA_VISIBLE_DEVICES="",
+                   TOKENIZERS_PARALLELISM="false")  # on the GPU machine the BPE training uses every core
     return env
 
 
@@ -75,7 +76,7 @@ def run_one_step(args) -> int:
     step = STEPS[args.run_step]
     ctx = Context(step.name, not args.dry_run, args.work, args.out, args.deadline)
     module = importlib.import_module(f"acceptance.{step.module}")
-    getattr(module, step.name)(ctx)
+    getattr(module, step.func or step.name)(ctx)
     return 0
 
 

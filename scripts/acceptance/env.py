@@ -33,6 +33,15 @@ def installed(name: str) -> str | None:
         return None
 
 
+def importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception as e:  # a broken optional package must not end the setup step
+        print(f"import {name}: {type(e).__name__}: {e}", flush=True)
+        return False
+
+
 def install_wheels(ctx: Context) -> list[str]:
     """Install the carried wheels whose distributions are missing; returns their file names."""
     wheels = sorted((ROOT / "wheels").glob("*.whl"))
@@ -59,6 +68,8 @@ def env(ctx: Context) -> None:
     ctx.figure("packages", versions)
     ctx.figure("python", sys.version.split()[0])
     missing = [n for n in ("deepspeed", "datasets", "wandb", "submitit") if versions[n] is None]
+    if ctx.gpu:  # importable, not only installed (a carried wheel may lack a dependency); seconds each
+        missing += [n for n in ("deepspeed", "datasets", "wandb", "submitit") if n not in missing and not importable(n)]
     ctx.check("optional packages present", missing or "all", "none missing", not missing)
     if "deepspeed" in missing:
         ctx.note(f"deepspeed missing: {NEEDED_BY_STEPS['deepspeed']} will be skipped or fail")

@@ -19,7 +19,8 @@ class Step:
     need_cpu: float
     cap_cpu: float
     after: str | None = None
-    module: str = "checks"  # acceptance.<module>.<name>() runs it
+    module: str = "checks"  # acceptance.<module>.<func or name>(ctx) runs it
+    func: str | None = None
 
     def need(self, gpu: bool) -> float:
         return self.need_gpu if gpu else self.need_cpu
@@ -29,23 +30,25 @@ class Step:
 
 
 S = Step
-PLAN = [
+BENCH_STEP = {"module": "speed", "func": "bench_step"}
+DIST_STEP = {"module": "training", "func": "distributed_run"}
+PLAN = [  # name, group, title, need/cap on GPU, need/cap in the dry run
     S("env", "setup", "packages, device, matmul ceiling", 5, 120, 2, 30, module="env"),
     S("step_checks", "a", "graph breaks and host syncs in the train step", 20, 120, 5, 40),
     S("moe_grouped", "a", "MoE grouped_mm (bf16) vs per-expert reference", 10, 60, 3, 30),
     S("train", "a", "gpu-125m via accelerate launch: loss falls", 100, 300, 8, 60, module="training"),
     S("resume", "a", "resume from the mid-run checkpoint: same losses", 40, 150, 5, 40, "train", "training"),
     S("export", "a", "HF export loads in transformers, same logits", 20, 90, 4, 40, "train", "training"),
-    S("bench_125m", "b", "125m vs HF Llama, compiled", 80, 200, 5, 40, module="speed"),
-    S("bench_moe", "b", "MoE 8x top-2 vs HF Mixtral, compiled", 80, 200, 5, 40, module="speed"),
-    S("bench_mtp4", "b", "mtp4 vs mtp1, compiled", 80, 200, 5, 40, module="speed"),
-    S("dist_ddp", "c", "plain DDP reference (one process)", 25, 90, 5, 40, module="training"),
-    S("dist_zero2_offload", "c", "DeepSpeed ZeRO-2 + CPU optimizer offload", 45, 150, 5, 60, "dist_ddp", "training"),
-    S("dist_zero3", "c", "DeepSpeed ZeRO-3", 30, 120, 5, 60, "dist_ddp", "training"),
-    S("dist_fsdp2", "c", "FSDP2 through accelerate", 25, 90, 3, 40, "dist_ddp", "training"),
+    S("bench_125m", "b", "125m vs HF Llama, compiled", 80, 200, 5, 40, **BENCH_STEP),
+    S("bench_moe", "b", "MoE 8x top-2 vs HF Mixtral, compiled", 80, 200, 5, 40, **BENCH_STEP),
+    S("bench_mtp4", "b", "mtp4 vs mtp1, compiled", 80, 200, 5, 40, **BENCH_STEP),
+    S("dist_ddp", "c", "plain DDP reference (one process)", 25, 90, 5, 40, **DIST_STEP),
+    S("dist_zero2_offload", "c", "DeepSpeed ZeRO-2 + CPU optimizer offload", 45, 150, 5, 60, "dist_ddp", **DIST_STEP),
+    S("dist_zero3", "c", "DeepSpeed ZeRO-3", 30, 120, 5, 60, "dist_ddp", **DIST_STEP),
+    S("dist_fsdp2", "c", "FSDP2 through accelerate", 25, 90, 3, 40, "dist_ddp", **DIST_STEP),
     S("compile_warmup", "b", "compile warm-up: whole model vs per block", 45, 150, 4, 40, module="speed"),
-    S("bench_350m", "b", "350m vs HF Llama, compiled", 90, 200, 5, 40, module="speed"),
-    S("bench_1b", "b", "1b vs HF Llama, compiled", 100, 220, 5, 40, module="speed"),
+    S("bench_350m", "b", "350m vs HF Llama, compiled", 90, 200, 5, 40, **BENCH_STEP),
+    S("bench_1b", "b", "1b vs HF Llama, compiled", 100, 220, 5, 40, **BENCH_STEP),
     S("bench_eager", "b", "all presets eager", 120, 240, 5, 40, module="speed"),
     S("offload_capacity", "c", "largest model per memory strategy (cut to fit)", 60, 240, 6, 40, module="speed"),
     S("mup_transfer", "d", "muP LR transfer at GPU widths", 60, 240, 6, 40, module="speed"),

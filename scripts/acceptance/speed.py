@@ -37,7 +37,9 @@ def _row(rows: list[dict], impl: str) -> dict | None:
     return next((r for r in rows if r["impl"] == impl and r.get("status") == "ok"), None)
 
 
-def bench_step(ctx: Context, step: str) -> None:
+def bench_step(ctx: Context) -> None:
+    """One preset compiled (eager in the dry run), judged against the MFU and memory targets."""
+    step = ctx.step
     gpu_preset, cpu_preset = BENCH[step]
     if not ctx.gpu and gpu_preset in ("350m", "1b"):
         return ctx.skip("dry run: the same tiny preset and code path as bench_125m")
@@ -58,26 +60,6 @@ def bench_step(ctx: Context, step: str) -> None:
     ctx.check(f"peak memory {gpu_preset} vs HF compiled", mem, f"<= {MEM_RATIO}",
               (mem <= MEM_RATIO) if judge and mem is not None else None)
     return None
-
-
-def bench_125m(ctx: Context) -> None:
-    bench_step(ctx, "bench_125m")
-
-
-def bench_moe(ctx: Context) -> None:
-    bench_step(ctx, "bench_moe")
-
-
-def bench_mtp4(ctx: Context) -> None:
-    bench_step(ctx, "bench_mtp4")
-
-
-def bench_350m(ctx: Context) -> None:
-    bench_step(ctx, "bench_350m")
-
-
-def bench_1b(ctx: Context) -> None:
-    bench_step(ctx, "bench_1b")
 
 
 def bench_eager(ctx: Context) -> None:

@@ -95,7 +95,7 @@ def export(ctx: Context) -> None:
     device = "cuda" if ctx.gpu else "cpu"
     recipe = Recipe.load(run / "recipe.yaml")
     model = build_model(recipe.model)
-    model.load_state_dict(load_state(find_weights(run)), strict=False)
+    model.load_state_dict(load_state(find_weights(run)))
     model.to(device).eval()
     ids = torch.randint(0, recipe.model.vocab_size, (2, min(256, recipe.train.seq_len)), device=device)
     with torch.no_grad():
@@ -134,7 +134,9 @@ def deepspeed_ops_built() -> bool:
     return {"cpu_adam", "deepspeed_shm_comm"} <= built
 
 
-def distributed_run(ctx: Context, step: str) -> None:
+def distributed_run(ctx: Context) -> None:
+    """A few steps with the step's strategy on one process; losses compared with dist_ddp's."""
+    step = ctx.step
     config, overrides = STRATEGIES[step]
     if not ctx.gpu and step == "dist_fsdp2":
         return ctx.skip("accelerate's FSDP2 path needs CUDA (on CPU it leaves the model unwrapped); "
@@ -168,19 +170,3 @@ def distributed_run(ctx: Context, step: str) -> None:
     tol = 3e-2 if ctx.gpu else 1e-4  # DeepSpeed/FSDP bf16 keeps bf16 weights in forward; DDP autocasts
     ctx.check("loss matches DDP", diff, f"max rel diff <= {tol:g}", diff <= tol and len(losses) == len(ref))
     return None
-
-
-def dist_ddp(ctx: Context) -> None:
-    distributed_run(ctx, "dist_ddp")
-
-
-def dist_zero2_offload(ctx: Context) -> None:
-    distributed_run(ctx, "dist_zero2_offload")
-
-
-def dist_zero3(ctx: Context) -> None:
-    distributed_run(ctx, "dist_zero3")
-
-
-def dist_fsdp2(ctx: Context) -> None:
-    distributed_run(ctx, "dist_fsdp2")
