@@ -111,3 +111,21 @@ def test_training_forward_has_no_graph_breaks(extra):
     x, y = batch()
     found = graph_breaks(model, x, targets=y)
     assert found == {"graphs": 1, "breaks": 0, "reasons": []}
+
+
+def test_trainer_compiles_through_apply_compile(tmp_path):
+    """The Trainer hands the recipe to apply_compile; per-block compilation keeps checkpoint names plain."""
+    import functools
+
+    from safetensors.torch import load_file
+
+    from windtunnel.compile import apply_compile as real
+    from windtunnel.trainer import Trainer
+
+    r = recipe(compile=True, compile_scope="blocks", batch_size=2, seq_len=32, steps=2, threads=1, eval_every=100)
+    data = [torch.randint(0, 97, (2, 33), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with mock.patch("windtunnel.trainer.apply_compile", wraps=functools.partial(real, backend="aot_eager")) as spy:
+        summary = Trainer(r, train_data=data, out_dir=tmp_path).fit()
+    assert spy.call_args.args[1].train.compile_scope == "blocks" and summary["status"] == "completed"
+    names = load_file(str(next(tmp_path.glob("checkpoints/step_*/model.safetensors")))).keys()
+    assert "blocks.0.attn_norm.weight" in names and not any("_orig_mod" in n for n in names)
