@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,7 +77,12 @@ def run_one_step(args) -> int:
     step = STEPS[args.run_step]
     ctx = Context(step.name, not args.dry_run, args.work, args.out, args.deadline)
     module = importlib.import_module(f"acceptance.{step.module}")
-    getattr(module, step.func or step.name)(ctx)
+    try:
+        getattr(module, step.func or step.name)(ctx)
+    except Exception as e:  # the traceback goes to steps.log; the record gets its last line
+        traceback.print_exc()
+        ctx.note(f"error: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300])
+        return 1
     return 0
 
 
@@ -111,7 +117,8 @@ def status_of(rc: int | None, timed_out: bool, partial: dict) -> tuple[str, str 
     if timed_out:
         return "timeout", "cut off at its timeout (figures up to then are kept)"
     if rc != 0:
-        return "error", f"exit code {rc} (see steps.log)"
+        errors = [n for n in partial["notes"] if n.startswith("error: ")]
+        return "error", errors[-1] if errors else f"exit code {rc} (see steps.log)"
     if any(c["pass"] is False for c in partial["checks"]):
         return "fail", "a check failed"
     return "ok", None
@@ -144,6 +151,7 @@ def drive(args) -> list[dict]:
                 print(f"== {step.name}: {step.title} (up to {min(step.cap(not args.dry_run), left):.0f} s)", flush=True)
                 log.write(f"\n===== {step.name} =====\n")
                 log.flush()
+                (args.work / f"{step.name}.jsonl").unlink(missing_ok=True)  # a reused --work keeps old ones
                 rc, timed_out = launch(step, args, env, log, now + min(step.cap(not args.dry_run), left))
                 partial = read_partial(args.work / f"{step.name}.jsonl")
                 status, reason = status_of(rc, timed_out, partial)

@@ -117,3 +117,17 @@ def test_docs_block_is_replaced_in_place(tmp_path):
     text = doc.read_text()
     assert "old" not in text and text.count(report.BEGIN) == 1 and text.endswith("after\n")
     assert "| MFU 125m | >= 50% | owed" in text
+
+
+def test_status_names_the_error_and_the_skip():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    part = {"checks": [], "notes": ["error: RuntimeError: windtunnel train exited 1"], "skip": None}
+    assert driver.status_of(1, False, dict(part)) == ("error", "error: RuntimeError: windtunnel train exited 1")
+    assert driver.status_of(0, False, dict(part, skip="no CUDA")) == ("skipped", "no CUDA")
+    assert driver.status_of(-15, True, dict(part))[0] == "timeout"
+    failed = dict(part, notes=[], checks=[{"name": "x", "measured": 1, "target": "0", "pass": False}])
+    assert driver.status_of(0, False, failed) == ("fail", "a check failed")
