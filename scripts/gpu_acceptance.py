@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -31,8 +32,8 @@ from acceptance.context import ROOT, Context, kill_children, read_partial  # noq
 from acceptance.plan import PLAN, STEPS  # noqa: E402
 from acceptance.report import render, summary_lines, write_docs  # noqa: E402
 
-RECORD_FIELDS = ("step", "group", "title", "mode", "status", "reason", "started_s", "wall_s", "budget_left_s",
-                 "figures", "checks", "notes")
+RECORD_FIELDS = ("step", "group", "title", "mode", "status", "reason", "started_s", "wall_s", "cpu_s",
+                 "budget_left_s", "figures", "checks", "notes")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,10 +125,18 @@ def status_of(rc: int | None, timed_out: bool, partial: dict) -> tuple[str, str 
     return "ok", None
 
 
-def record(step, args, status: str, reason: str | None, started: float, t0: float, end: float, partial: dict) -> dict:
+def children_cpu_s() -> float:
+    """User + system CPU seconds of all finished child processes (their children included): a step's cost
+    that does not depend on how busy a shared machine is, unlike its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def record(step, args, status: str, reason: str | None, started: float, t0: float, end: float, partial: dict,
+           cpu_s: float) -> dict:
     rec = {"step": step.name, "group": step.group, "title": step.title, "mode": "dry-run" if args.dry_run else "gpu",
            "status": status, "reason": reason, "started_s": round(started - t0, 2), "wall_s": round(end - started, 2),
-           "budget_left_s": round(args.budget - (end - t0), 2), **partial}
+           "cpu_s": round(cpu_s, 2), "budget_left_s": round(args.budget - (end - t0), 2), **partial}
     return {k: rec.get(k) for k in RECORD_FIELDS}
 
 
@@ -143,7 +152,7 @@ def drive(args) -> list[dict]:
         for step in PLAN:
             if (args.only and step.name not in args.only) or step.name in args.skip:
                 continue
-            now, left = time.time(), args.budget - (time.time() - t0)
+            now, left, cpu = time.time(), args.budget - (time.time() - t0), children_cpu_s()
             partial, status, reason = read_partial(None), "skipped", blocked_by(step, records)
             if reason is None and left < step.need(not args.dry_run):
                 reason = f"budget: needs ~{step.need(not args.dry_run):.0f} s, {max(left, 0):.0f} s left"
@@ -155,7 +164,7 @@ def drive(args) -> list[dict]:
                 rc, timed_out = launch(step, args, env, log, now + min(step.cap(not args.dry_run), left))
                 partial = read_partial(args.work / f"{step.name}.jsonl")
                 status, reason = status_of(rc, timed_out, partial)
-            rec = record(step, args, status, reason, now, t0, time.time(), partial)
+            rec = record(step, args, status, reason, now, t0, time.time(), partial, children_cpu_s() - cpu)
             records[step.name] = rec
             with results.open("a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -45,10 +45,10 @@ def targets_table(records: list[dict]) -> str:
 
 
 def steps_table(records: list[dict]) -> str:
-    lines = ["| step | group | status | wall s | checks | reason |", "|---|---|---|---|---|---|"]
+    lines = ["| step | group | status | wall s | CPU s | checks | reason |", "|---|---|---|---|---|---|---|"]
     for r in records:
         checks = ", ".join(f"{c['name']}: {_verdict(c['pass'])}" for c in r.get("checks") or [])
-        lines.append(f"| {r['step']} | {r['group']} | {r['status']} | {r['wall_s']:.1f} | {checks or '–'} "
+        lines.append(f"| {r['step']} | {r['group']} | {r['status']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {checks or '–'} "
                      f"| {_fmt(r.get('reason'))} |")
     return "\n".join(lines)
 
@@ -110,9 +110,9 @@ def write_docs(path: Path, records: list[dict], args) -> None:
 
 def summary_lines(records: list[dict]) -> list[str]:
     """The short table printed last (the device tool returns the end of the output)."""
-    out = ["", "step                 status    wall s  reason"]
+    out = ["", "step                 status    wall s   cpu s  reason"]
     for r in records:
-        out.append(f"{r['step']:<20} {r['status']:<9} {r['wall_s']:>6.1f}  {r.get('reason') or ''}")
+        out.append(f"{r['step']:<20} {r['status']:<9} {r['wall_s']:>6.1f} {r['cpu_s']:>7.1f}  {r.get('reason') or ''}")
     out += ["", "target                               goal      measured      result"]
     by_step = {r["step"]: r for r in records}
     for step, name, goal in TARGETS:

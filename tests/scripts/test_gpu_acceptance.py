@@ -17,8 +17,8 @@ from acceptance import report  # noqa: E402
 from acceptance.context import read_partial  # noqa: E402
 from acceptance.plan import PLAN  # noqa: E402
 
-FIELDS = {"step", "group", "title", "mode", "status", "reason", "started_s", "wall_s", "budget_left_s", "figures",
-          "checks", "notes"}
+FIELDS = {"step", "group", "title", "mode", "status", "reason", "started_s", "wall_s", "cpu_s", "budget_left_s",
+          "figures", "checks", "notes"}
 STATUSES = {"ok", "fail", "error", "timeout", "skipped"}
 # figures each step must leave when it runs in the dry run
 EXPECTED = {
