@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .context import ROOT, Context
 
@@ -42,9 +43,9 @@ def importable(name: str) -> bool:
         return False
 
 
-def install_wheels(ctx: Context) -> list[str]:
+def install_wheels(ctx: Context, folder: Path = ROOT / "wheels") -> list[str]:
     """Install the carried wheels whose distributions are missing; returns their file names."""
-    wheels = sorted((ROOT / "wheels").glob("*.whl"))
+    wheels = sorted(folder.glob("*.whl"))
     todo = [w for w in wheels if installed(normal(w.name.split("-")[0])) is None]
     if not todo:
         return []

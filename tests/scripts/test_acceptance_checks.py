@@ -31,3 +31,37 @@ def test_the_counter_sees_host_reads():
         float(torch.ones(()))
     assert calls["tolist"] >= 2 and calls["__float__"] == 1
     assert torch.Tensor.tolist.__name__ == "tolist"  # restored afterwards
+
+
+def wheel(folder: Path, dist: str, module: str) -> Path:
+    """A minimal pure-Python wheel (PEP 427 layout) holding one module."""
+    import zipfile
+
+    path = folder / f"{dist}-0.1-py3-none-any.whl"
+    info = f"{dist}-0.1.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{module}.py", "VALUE = 42\n")
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def test_carried_wheels_install_only_what_is_missing(tmp_path, monkeypatch):
+    """The env step installs a wheel whose distribution is absent (into <work>/site, importable at once)
+    and leaves one whose distribution is already installed (pyyaml here) alone."""
+    import importlib
+    import time
+
+    from acceptance.context import Context
+    from acceptance.env import install_wheels
+
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheel(folder, "wt_probe_dist", "wt_probe_module")
+    wheel(folder, "pyyaml", "yaml_shadow")
+    ctx = Context("env", False, tmp_path, tmp_path, time.time() + 60)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert install_wheels(ctx, folder) == ["wt_probe_dist-0.1-py3-none-any.whl"]
+    assert importlib.import_module("wt_probe_module").VALUE == 42
+    assert not (tmp_path / "site" / "yaml_shadow.py").exists()
