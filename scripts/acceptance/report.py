@@ -84,9 +84,16 @@ def block(records: list[dict], args) -> str:
     mode = "CPU dry run (tiny shapes: figures prove the plan, not the speed)" if args.dry_run else "GPU"
     device = next((r["figures"].get("device") for r in records if r["step"] == "env" and r.get("figures")), None)
     spent = max((r["started_s"] + r["wall_s"] for r in records), default=0.0)
+    offload = next((r["figures"]["table"] for r in records if "table" in (r.get("figures") or {})), None)
+    offload = f"\nOffload capacity (bench_offload.py, cut to fit):\n\n{strip_markers(offload)}\n" if offload else ""
     return (f"{mode}; device: {device or 'unknown'}; budget {args.budget:.0f} s, used {spent:.0f} s.\n\n"
             f"Targets:\n\n{targets_table(records)}\n\nSteps:\n\n{steps_table(records)}\n\n"
-            f"Throughput rows:\n\n{bench_table(records)}\n")
+            f"Throughput rows:\n\n{bench_table(records)}\n{offload}")
+
+
+def strip_markers(text: str) -> str:
+    """bench_offload.py's table without its own <!-- --> markers (they would nest inside ours)."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("<!--")).strip()
 
 
 def render(records: list[dict], args) -> str:
@@ -96,7 +103,7 @@ def render(records: list[dict], args) -> str:
 
 
 def _fmt_figures(figures: dict) -> str:
-    return "; ".join(f"{k} = {_fmt(v)}" for k, v in figures.items() if k != "rows") or "–"
+    return "; ".join(f"{k} = {_fmt(v)}" for k, v in figures.items() if k not in ("rows", "table")) or "–"
 
 
 def write_docs(path: Path, records: list[dict], args) -> None:
