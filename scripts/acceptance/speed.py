@@ -47,6 +47,10 @@ def bench_step(ctx: Context) -> None:
         ctx.note("dry run: eager rows of the tiny CPU preset; inductor's CPU compile (~40 s) is left to the GPU")
     rows = run_bench(ctx, [gpu_preset if ctx.gpu else cpu_preset], "on" if ctx.gpu else "off", step)
     ours = _row(rows, "windtunnel")
+    for row in rows:
+        if row.get("status") == "error":
+            ctx.note(f"{row['impl']} row failed: {row.get('reason')}")
+    ctx.check("windtunnel row measured", "yes" if ours else "no", "yes", ours is not None)
     mfu = ours.get("mfu") if ours else None
     judge = ctx.gpu and ours is not None
     if gpu_preset == "mtp4":
