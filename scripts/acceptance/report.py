@@ -14,6 +14,8 @@ TARGETS = [(f"bench_{p}", f"MFU {p}", f">= {t:.0%}") for p, t in MFU_TARGETS.ite
     *[(f"bench_{p}", f"peak memory {p} vs HF compiled", f"<= {MEM_RATIO}") for p in ("125m", "350m", "1b", "moe")],
 ]
 BEGIN, END = "<!-- gpu_acceptance:begin -->", "<!-- gpu_acceptance:end -->"
+BENCH_MARKERS = ("<!-- bench:gpu:begin -->", "<!-- bench:gpu:end -->")  # windtunnel bench --docs on a GPU
+OFFLOAD_MARKERS = ("<!-- bench_offload:begin -->", "<!-- bench_offload:end -->")  # scripts/bench_offload.py
 
 
 def _fmt(v) -> str:
@@ -96,10 +98,26 @@ def strip_markers(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("<!--")).strip()
 
 
+def doc_blocks(records: list[dict], args) -> dict[tuple[str, str], str]:
+    """Marker pair -> body for docs/benchmarks.md: the acceptance block always; on the GPU also the blocks
+    `windtunnel bench --docs` and bench_offload.py fill (all rows of this run / the offload table)."""
+    blocks = {(BEGIN, END): block(records, args)}
+    if not args.dry_run:
+        device = next((r["figures"].get("device") for r in records if r["step"] == "env" and r.get("figures")), "GPU")
+        if any((r.get("figures") or {}).get("rows") for r in records):
+            blocks[BENCH_MARKERS] = f"{device}; scripts/gpu_acceptance.py.\n\n{bench_table(records)}\n"
+        offload = next((r["figures"]["table"] for r in records if "table" in (r.get("figures") or {})), None)
+        if offload:
+            blocks[OFFLOAD_MARKERS] = f"{device}; scripts/gpu_acceptance.py (cut to fit).\n\n{strip_markers(offload)}\n"
+    return blocks
+
+
 def render(records: list[dict], args) -> str:
     figures = "\n".join(f"- **{r['step']}**: {_fmt_figures(r.get('figures') or {})}" for r in records)
+    pasted = "\n\n".join(f"{b}\n{body}{e}" for (b, e), body in doc_blocks(records, args).items())
     return (f"# GPU acceptance results\n\n{block(records, args)}\nChecks:\n\n{checks_table(records)}\n\n"
-            f"Figures:\n\n{figures}\n\nFor docs/benchmarks.md:\n\n{BEGIN}\n{block(records, args)}{END}\n")
+            f"Figures:\n\n{figures}\n\nFor docs/benchmarks.md (each block replaces the one between the same "
+            f"markers there):\n\n{pasted}\n")
 
 
 def _fmt_figures(figures: dict) -> str:
@@ -107,11 +125,12 @@ def _fmt_figures(figures: dict) -> str:
 
 
 def write_docs(path: Path, records: list[dict], args) -> None:
-    """Replace the acceptance block of `path` (appended when absent)."""
+    """Replace each of this run's blocks in `path` (appended when its markers are absent)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    body = f"{BEGIN}\n{block(records, args)}{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else f"{text.rstrip()}\n\n{body}\n"
+    for (begin, end), body in doc_blocks(records, args).items():
+        full = f"{begin}\n{body}{end}"
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+        text = pattern.sub(lambda _: full, text) if pattern.search(text) else f"{text.rstrip()}\n\n{full}\n"
     path.write_text(text)
 
 

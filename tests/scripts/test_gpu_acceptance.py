@@ -131,3 +131,23 @@ def test_status_names_the_error_and_the_skip():
     assert driver.status_of(-15, True, dict(part))[0] == "timeout"
     failed = dict(part, notes=[], checks=[{"name": "x", "measured": 1, "target": "0", "pass": False}])
     assert driver.status_of(0, False, failed) == ("fail", "a check failed")
+
+
+def test_gpu_run_also_fills_the_bench_and_offload_blocks(tmp_path):
+    class Args:
+        dry_run, budget = False, 540.0
+
+    row = {"preset": "125m", "impl": "windtunnel", "compile": True, "status": "ok", "batch": 32, "seq": 2048,
+           "tokens_per_s": 500000.0, "mfu": 0.52, "peak_mem_gib": 20.0, "speed_ratio": 1.4, "mem_ratio": 0.6}
+    records = [{"step": "env", "status": "ok", "figures": {"device": "NVIDIA H200"}, "checks": [], "started_s": 0,
+                "wall_s": 1, "cpu_s": 1, "group": "setup", "reason": None},
+               {"step": "bench_125m", "status": "ok", "figures": {"rows": [row]}, "checks": [], "started_s": 1,
+                "wall_s": 90, "cpu_s": 80, "group": "b", "reason": None}]
+    doc = tmp_path / "b.md"
+    doc.write_text("<!-- bench:gpu:begin -->\n(not measured yet)\n<!-- bench:gpu:end -->\n"
+                   "<!-- bench_offload:begin -->\n(not measured yet)\n<!-- bench_offload:end -->\n")
+    report.write_docs(doc, records, Args)
+    text = doc.read_text()
+    assert "| 125m | windtunnel | yes | 32×2048 | 500,000 | 52.0% | 20 | 1.4 | 0.6 |" in text
+    assert "NVIDIA H200" in text and text.count("(not measured yet)") == 1  # no offload table measured
+    assert report.BEGIN in text
