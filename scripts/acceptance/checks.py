@@ -47,11 +47,8 @@ def count_host_syncs():
             setattr(torch.Tensor, name, method)
 
 
-def tiny_model(gpu: bool, kind: str, layers: int = 2):
-    """A model of the kind at the step-check shapes, on the device, with the CUDA MoE path forced."""
-    import torch
-
-    from windtunnel.models import build_model
+def check_recipe(gpu: bool, kind: str, layers: int = 2):
+    """The recipe of the step-check model of `kind` (validated here, so a bad shape fails on CPU too)."""
     from windtunnel.recipe import Recipe
 
     base, batch, seq = SHAPES[gpu]
@@ -59,7 +56,16 @@ def tiny_model(gpu: bool, kind: str, layers: int = 2):
     if "moe" in extra:
         extra = {"moe": {**extra["moe"], "expert_hidden": 1024 if gpu else 16}}
     model_cfg = {**base, **extra, "n_layers": layers, "max_seq_len": seq, "tie_embeddings": False}
-    recipe = Recipe.from_dict({"train": {"steps": 1, "batch_size": batch, "seq_len": seq}, "model": model_cfg})
+    return Recipe.from_dict({"train": {"steps": 1, "batch_size": batch, "seq_len": seq}, "model": model_cfg})
+
+
+def tiny_model(gpu: bool, kind: str, layers: int = 2):
+    """A model of the kind at the step-check shapes, on the device, with the CUDA MoE path forced."""
+    import torch
+
+    from windtunnel.models import build_model
+
+    recipe = check_recipe(gpu, kind, layers)
     device = "cuda" if gpu else "cpu"
     torch.manual_seed(0)
     with torch.device(device):
@@ -67,7 +73,8 @@ def tiny_model(gpu: bool, kind: str, layers: int = 2):
     for block in getattr(model, "blocks", []):
         if block.is_moe:
             block.mlp.impl = "native"  # the grouped_mm path (CUDA bf16); on CPU it runs grouped_mm in fp32
-    ids = torch.randint(0, base["vocab_size"], (batch, seq + 1), device=device)
+    t = recipe.train
+    ids = torch.randint(0, recipe.model.vocab_size, (t.batch_size, t.seq_len + 1), device=device)
     return model, recipe, ids[:, :-1], ids[:, 1:]
 
 
