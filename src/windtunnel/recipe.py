@@ -194,6 +194,9 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # see compile.py
+    compile_scope: Literal["model", "blocks"] = "model"  # blocks = each transformer block on its own
+    compile_static: bool = False  # dynamic=False: static shapes (implied by reduce-overhead)
     nan_policy: Literal["halt", "skip"] = "halt"
     max_skips: int = 10  # with nan_policy=skip: halt after this many consecutive bad steps
     # Loss spikes (spikes.py): a step whose loss is over spike_threshold standard deviations above its

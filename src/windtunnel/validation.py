@@ -136,6 +136,8 @@ def _check_training(r: Recipe, fail: Fail) -> None:
         fail("schedule.warmup_frac", "warmup_frac + wsd.decay_frac exceeds 1")
     if len(r.optim.betas) != 2:
         fail("optim.betas", f"expected two values in [0, 1), got {r.optim.betas}")
+    if not t.compile and (t.compile_mode, t.compile_scope, t.compile_static) != ("default", "model", False):
+        fail("train.compile", "train.compile_mode/compile_scope/compile_static need train.compile: true")
     branches = s.wsd.branches
     if branches and s.name != "wsd":
         fail("schedule.wsd.branches", f"decay branches need schedule.name=wsd, got {s.name}")
