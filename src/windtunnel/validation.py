@@ -158,6 +158,15 @@ def _check_inputs(r: Recipe, fail: Fail) -> None:
         fail("tokenizer.vocab_size", f"{tok.vocab_size} is too small for a byte-level BPE (needs >= {BYTE_VOCAB})")
 
 
+def check_distributed(r: Recipe, source: str = "recipe") -> None:
+    """The distributed checks alone, for recipes built or changed in code after validation."""
+
+    def fail(path: str, msg: str) -> None:
+        raise RecipeError(f"{source}: {path}: {msg}")
+
+    _check_distributed(r, fail)
+
+
 def _check_distributed(r: Recipe, fail: Fail) -> None:
     """Combinations the schema allows but the strategies do not (accelerate/DeepSpeed/FSDP2)."""
     d = r.distributed
