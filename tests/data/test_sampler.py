@@ -99,3 +99,20 @@ def test_val_batches_split_evenly_across_ranks():
 
 def test_empty_val_gives_no_batches():
     assert ValSampler([], L, batch_size=2, eval_batches=4).batches() == []
+
+
+@pytest.mark.parametrize("world, grad_accum, batch", [(1, 4, 2), (2, 2, 2), (4, 1, 2), (2, 1, 4), (1, 1, 8), (8, 1, 1)])
+def test_a_step_trains_on_the_same_sequences_whatever_the_world_size(world, grad_accum, batch):
+    """Global batch 8: every (world, grad_accum, batch_size) split reads the same 8 sequences per step,
+    so a run saved with 2 processes resumes with 1 (grad_accum doubled) on the same data."""
+    reference = _train(n_seqs=13, batch=8)  # one process, one micro-batch; 13 sequences: epochs wrap mid-step
+    sampler = _train(n_seqs=13, batch=batch, grad_accum=grad_accum)
+    for step in range(5):
+        union = torch.cat([sampler.batch(step, micro, rank, world)
+                           for micro in range(grad_accum) for rank in range(world)])
+        assert sorted(_first_tokens(union)) == sorted(_first_tokens(reference.batch(step)))
+    assert sampler.slots(3, grad_accum - 1, world - 1, world)[-1] == 4 * 8 - 1  # last slot of step 3
+
+
+def test_changing_the_global_batch_changes_the_data():
+    assert not torch.equal(_train(n_seqs=50, batch=4).batch(1), _train(n_seqs=50, batch=8).batch(1)[:4])

@@ -6,6 +6,12 @@ never cross shard files. Training slot i = ((step*grad_accum + micro)*world + ra
 reads sequence perm_epoch[i % n_seqs] with epoch = i // n_seqs and perm_epoch a permutation drawn
 from numpy default_rng([seed, epoch]): resuming at any step gives the batches an uninterrupted run
 would, ranks read disjoint slots, and each epoch visits every sequence exactly once.
+
+The sequence in a slot depends on (seed, global slot index) only, and step s covers the slots
+[s*G, (s+1)*G) with G = batch_size * grad_accum * world (the global batch): how those G sequences
+split over ranks and micro-batches does not change what a step trains on. So a run may resume on
+another number of processes with batch_size or grad_accum adjusted to keep G (rundir.check_resume
+enforces that), and its data order stays the same.
 """
 from __future__ import annotations
 
@@ -61,13 +67,22 @@ class TrainSampler(PackedSequences):
             raise ValueError(f"rank={rank} outside [0, world={world})")
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
-        first = ((step * self.grad_accum + micro) * world + rank) * self.batch_size
-        epochs, positions = np.divmod(np.arange(first, first + self.batch_size, dtype=np.int64), self.n_seqs)
+        return self.gather(self.sequence_ids(self.slots(step, micro, rank, world)))
+
+    def slots(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
+        """Global slot indices of one micro-batch: inside [step*G, (step+1)*G), G the global batch."""
+        global_batch = self.batch_size * self.grad_accum * world
+        first = step * global_batch + (micro * world + rank) * self.batch_size
+        return np.arange(first, first + self.batch_size, dtype=np.int64)
+
+    def sequence_ids(self, slots: np.ndarray) -> np.ndarray:
+        """The sequence read in each global slot: a function of (seed, slot) only."""
+        epochs, positions = np.divmod(slots, self.n_seqs)
         seq_ids = np.empty_like(positions)
         for epoch in np.unique(epochs):
             mask = epochs == epoch
             seq_ids[mask] = self.permutation(int(epoch))[positions[mask]]
-        return self.gather(seq_ids)
+        return seq_ids
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of sequences in `epoch`, a function of (seed, epoch) only."""
