@@ -1,13 +1,20 @@
 import json
+import os
+import signal
+import subprocess
 import sys
+import textwrap
 import threading
+import time
 
+import psutil
 import pytest
 import yaml
 
 from windtunnel.sweep import executors
 from windtunnel.sweep.executors import (COMPLETED, FAILED, MISSING, RESUMABLE, prepare_run, run_local, run_slurm,
                                         run_state, slurm_command, visible_gpus)
+from windtunnel.rundir import RunLock
 from windtunnel.sweep.plan import ExecutorConfig, expand, load_sweep
 
 
@@ -103,3 +110,65 @@ def test_slurm_through_submitit_debug_executor(tmp_path, runs, monkeypatch):
     assert commands == [("lr0.001", False, 2), ("lr0.002", True, 2), ("lr0.003", False, 2)]
     assert all(run_state(d) == COMPLETED for _, d in todo)
     assert set(json.loads((sweep / "jobs.json").read_text())) == {r.name for r in runs}
+
+
+def test_a_locked_run_is_skipped_not_started_twice(tmp_path, runs, monkeypatch):
+    monkeypatch.setattr(executors, "local_command", lambda run_dir, resume: finish_command(run_dir))
+    todo = [(r, tmp_path / r.name) for r in runs]
+    (tmp_path / runs[1].name / "metrics.jsonl").parent.mkdir(parents=True)
+    (tmp_path / runs[1].name / "metrics.jsonl").write_text('{"step": 1}\n')  # the live trainer's records
+    with RunLock(tmp_path / runs[1].name):  # a trainer left running by a killed sweep
+        codes = run_local(todo, ExecutorConfig(gpus=0), echo=lambda *_: None)
+    assert codes == {"lr0.001": 0, "lr0.002": executors.BUSY_EXIT, "lr0.003": 0}
+    assert run_state(todo[1][1]) == MISSING and (todo[1][1] / "metrics.jsonl").exists()  # untouched
+
+
+def test_run_state_of_a_cut_summary(tmp_path):
+    (tmp_path / "summary.json").write_text('{"status": "compl')
+    assert run_state(tmp_path) == FAILED
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_trainer_dies_when_the_sweep_is_killed(tmp_path):
+    """kill -9 of the sweep: its child (started as local_command starts the trainer) gets SIGTERM."""
+    pid_file = tmp_path / "child.pid"
+    sweep = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from windtunnel.sweep import executors
+        guard = executors.local_command(Path({str(tmp_path)!r}), False)[:4]  # python -m ...child PID
+        sleeper = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(300)"
+        executors.execute(guard + [sys.executable, "-c", sleeper, {str(pid_file)!r}], {str(tmp_path / "log")!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", sweep], env=env)
+    try:
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert psutil.Process(child).ppid() == parent.pid  # exec'd in place: no extra process
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        for _ in range(600):
+            if gone(child):
+                break
+            time.sleep(0.05)
+        assert gone(child)
+    finally:
+        parent.kill()
+        if pid_file.exists() and not gone(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_child_refuses_when_the_sweep_is_already_gone():
+    proc = subprocess.run([sys.executable, "-m", "windtunnel.sweep.child", "1", sys.executable, "-c", "print('ran')"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 1 and "ran" not in proc.stdout and "has exited" in proc.stderr

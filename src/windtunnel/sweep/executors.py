@@ -3,7 +3,9 @@
 A run's state is read from its directory alone (the trainer's contract), so re-running a sweep is
 safe at any time: completed runs (summary.json status completed) are skipped, runs with a checkpoint
 resume from it (--resume), failed or missing runs start again from scratch.
-- local: runs one after another; with GPUs, one run per GPU in parallel (CUDA_VISIBLE_DEVICES).
+- local: runs one after another; with GPUs, one run per GPU in parallel (CUDA_VISIBLE_DEVICES). Each
+  trainer dies with the sweep (sweep/child.py), and a run whose directory is locked by a trainer still
+  running (rundir.RunLock) is skipped, not started twice.
 - slurm: one submitit job per run, `accelerate launch -m windtunnel train ...` on gpus_per_run GPUs.
 """
 from __future__ import annotations
@@ -18,15 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import checkpoint
+from ..rundir import is_locked
 from .plan import ExecutorConfig, PlannedRun
 
 COMPLETED, RESUMABLE, FAILED, MISSING = "completed", "resumable", "failed", "missing"
+BUSY_EXIT = 2  # what a second trainer on a locked run would exit with
 
 
 def run_state(run_dir: Path) -> str:
     summary = run_dir / "summary.json"
     if summary.exists():
-        status = json.loads(summary.read_text()).get("status")
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (ValueError, AttributeError):  # cut short or not an object: not a completed run
+            status = None
         if status == COMPLETED:
             return COMPLETED
     if checkpoint.latest_checkpoint(run_dir) is not None:
@@ -52,7 +59,9 @@ def train_args(run_dir: Path, resume: bool) -> list[str]:
 
 
 def local_command(run_dir: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "windtunnel", *train_args(run_dir, resume)]
+    """`windtunnel train` under sweep/child.py, so the trainer dies with this process."""
+    return [sys.executable, "-m", "windtunnel.sweep.child", str(os.getpid()),
+            sys.executable, "-m", "windtunnel", *train_args(run_dir, resume)]
 
 
 def slurm_command(run_dir: Path, resume: bool, processes: int) -> list[str]:
@@ -95,6 +104,9 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
     total = len(todo)
 
     def one(index: int, run: PlannedRun, run_dir: Path) -> int:
+        if is_locked(run_dir):
+            echo(f"[{index}/{total}] {run.name}: skipped, a trainer is still running in {run_dir}")
+            return BUSY_EXIT
         resume = prepare_run(run, run_dir)
         slot = slots.get()
         where = f"GPU {slot}" if slot else "CPU"
@@ -141,8 +153,8 @@ def run_slurm(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, sweep_di
     submitted = {}
     with ex.batch():
         for run, run_dir in todo:
-            if run.name in queued:
-                echo(f"{run.name}: job {known[run.name]} still queued or running; not resubmitted")
+            if run.name in queued or is_locked(run_dir):
+                echo(f"{run.name}: job {known.get(run.name, '?')} still queued or running; not resubmitted")
                 continue
             resume = prepare_run(run, run_dir)
             cmd = slurm_command(run_dir.resolve(), resume, cfg.gpus_per_run)
