@@ -172,3 +172,11 @@ def test_missing_rank_rng_state_reseeds_reproducibly(acc, trained, tmp_path):
         checkpoint.load_checkpoint(acc, ckpt, seed=7)
         draws.append(torch.rand(3))
     assert torch.equal(draws[0], draws[1])
+
+
+def test_readers_skip_a_corrupt_newest_checkpoint_with_a_warning(acc, trained, tmp_path):
+    save_steps(acc, trained, tmp_path, [1, 2])
+    flip_byte(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
+    with pytest.warns(CheckpointWarning, match="step_00000002 is corrupt .*using step_00000001"):
+        assert checkpoint.readable_checkpoint(tmp_path).name == "step_00000001"
+    assert names(tmp_path) == ["step_00000001", "step_00000002"]  # a reader moves nothing

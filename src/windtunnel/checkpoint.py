@@ -67,6 +67,21 @@ def newest_intact(run_dir: Path, quarantine: bool = False) -> Path | None:
     return None
 
 
+def readable_checkpoint(run_dir: Path) -> Path | None:
+    """For readers such as export: the newest intact checkpoint (warning about newer corrupt ones),
+    else the newest by name (checkpoints written before manifests existed)."""
+    skipped = []
+    for path in reversed(checkpoint_dirs(run_dir)):
+        problem = verify(path)
+        if problem is None:
+            for name, why in skipped:
+                warnings.warn(f"checkpoint {name} is corrupt ({why}); using {path.name}", CheckpointWarning,
+                              stacklevel=2)
+            return path
+        skipped.append((path, problem))
+    return latest_checkpoint(run_dir)
+
+
 # ----------------------------------------------------------------------------- manifest
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..checkpoint import latest_checkpoint
+from ..checkpoint import readable_checkpoint
 from ..consolidate import WEIGHTS, canonical_name
 from ..data import build_tokenizer
 from ..data.tokenizers import bpe_dir
@@ -74,14 +74,14 @@ def converter_for(cfg: ModelConfig) -> Converter:
 
 def find_weights(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
     """The safetensors file to export: checkpoint (a file or a directory holding model.safetensors),
-    else the newest complete checkpoints/step_*/model.safetensors, else checkpoints/model.safetensors."""
+    else the newest intact checkpoints/step_*/model.safetensors, else checkpoints/model.safetensors."""
     if checkpoint is not None:
         where = Path(checkpoint)
         if where.is_file():
             return where
         candidates = [where / WEIGHTS]
     else:
-        latest = latest_checkpoint(Path(run_dir))
+        latest = readable_checkpoint(Path(run_dir))  # skips a corrupt newest one, with a warning
         where = latest or Path(run_dir) / "checkpoints"
         candidates = ([latest / WEIGHTS] if latest else []) + [Path(run_dir) / "checkpoints" / WEIGHTS]
     for path in candidates:
