@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from windtunnel.recipe import Recipe
-from windtunnel.rundir import (RunDirError, RunLock, check_resume, is_locked, last_logged, resume_conflicts,
+from windtunnel.rundir import (RunDirectory, RunDirError, RunLock, check_resume, is_locked, last_logged, resume_conflicts,
                                write_summary)
 
 
@@ -107,3 +107,60 @@ def test_last_logged_reads_up_to_a_step_and_skips_a_cut_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "lo')
     assert last_logged(tmp_path, "loss", 8) == 1.5 and last_logged(tmp_path, "loss", 7) == 2.0
     assert last_logged(tmp_path, "val_loss", 8) == 2.5 and last_logged(tmp_path, "mfu", 8) is None
+
+
+# ----------------------------------------------------------------------------- RunDirectory
+
+
+@pytest.fixture
+def acc():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def fake_checkpoint(run_dir, step=4, world=1):
+    from windtunnel.checkpoint import write_manifest
+
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "world": world}))
+    write_manifest(ckpt)
+    return ckpt
+
+
+def test_open_writes_the_recipe_only_once_accepted(acc, tmp_path):
+    run = RunDirectory(acc, tmp_path)
+    assert run.open(recipe(), resume=False) is None
+    assert Recipe.load(tmp_path / "recipe.yaml") == recipe()
+    with pytest.raises(RunDirError, match="another trainer"):
+        RunDirectory(acc, tmp_path).open(recipe("model.d_model=64"), resume=False)
+    assert Recipe.load(tmp_path / "recipe.yaml") == recipe()
+    run.finish({"status": "completed", "final_train_loss": math.nan})
+    assert json.loads((tmp_path / "summary.json").read_text())["final_train_loss"] is None
+    assert not is_locked(tmp_path)
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(acc, tmp_path):
+    recipe().dump(tmp_path / "recipe.yaml")
+    ckpt = fake_checkpoint(tmp_path)
+    saved = (tmp_path / "recipe.yaml").read_text()
+    with pytest.raises(RunDirError, match=r"model.n_layers: 1 -> 3"):
+        RunDirectory(acc, tmp_path).open(recipe("model.n_layers=3"), resume=True)
+    assert (tmp_path / "recipe.yaml").read_text() == saved and not is_locked(tmp_path)
+    with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
+        RunDirectory(acc, tmp_path).open(recipe(), resume=False)
+    run = RunDirectory(acc, tmp_path)
+    assert run.open(recipe("train.steps=16"), resume=True) == ckpt  # extending the run is fine
+    assert Recipe.load(tmp_path / "recipe.yaml").train.steps == 16
+    run.close()
+
+
+def test_resume_with_only_corrupt_checkpoints_is_refused(acc, tmp_path):
+    recipe().dump(tmp_path / "recipe.yaml")
+    ckpt = fake_checkpoint(tmp_path)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".tmp_step_00000008").mkdir()
+    with pytest.warns(UserWarning, match="corrupt"), pytest.raises(RunDirError, match="no intact checkpoint"):
+        RunDirectory(acc, tmp_path).open(recipe(), resume=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".corrupt_step_00000004"]

@@ -23,7 +23,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from .rundir import RunDirError
+from .rundir import RunDirError, any_process, main_value
 
 PREFIX = "step_"
 TMP_PREFIX = ".tmp_" + PREFIX
@@ -176,24 +176,25 @@ def no_space(where: Path, need: int) -> RunDirError:
     return RunDirError(f"no space left on device: {where} (needs ~{max(1, round(need / 2**20))} MB)")
 
 
-def make_room(run_dir: Path, keep: int, estimate: int = 0) -> None:
+def make_room(run_dir: Path, keep: int, estimate: int = 0) -> int:
     """Before writing: enough free space for a checkpoint the size of the previous one (else estimate).
 
     When short, delete what rotation would delete after this write anyway (all but the newest keep-1),
     never the newest intact checkpoint; then raise "no space left on device" if still short.
+    Returns the bytes needed.
     """
     root = Path(run_dir) / "checkpoints"
     existing = checkpoint_dirs(run_dir)
     need = int((dir_size(existing[-1]) if existing else estimate) * SPACE_MARGIN)
-    free = shutil.disk_usage(root).free
-    if free >= need:
-        return
+    if shutil.disk_usage(root).free >= need:
+        return need
     keep_safe = newest_intact(run_dir)
     for old in existing[:len(existing) - max(keep - 1, 0)]:
         if old != keep_safe:
             shutil.rmtree(old, ignore_errors=True)
     if shutil.disk_usage(root).free < need:
         raise no_space(root, need)
+    return need
 
 
 def clean_stale(run_dir: Path) -> None:
@@ -204,24 +205,7 @@ def clean_stale(run_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------- collective helpers
-
-
-def _from_main(accelerator, value):
-    """Main process's value on every process (decisions that must agree, e.g. 'abort this write')."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value])[0]
-
-
-def _any(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    import torch
-
-    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
+# ----------------------------------------------------------------------------- save / load
 
 
 def _write_error(err: BaseException, where: Path, need: int) -> RunDirError:
@@ -232,9 +216,6 @@ def _write_error(err: BaseException, where: Path, need: int) -> RunDirError:
     return RunDirError(f"cannot write checkpoint {where}: {err}")
 
 
-# ----------------------------------------------------------------------------- save / load
-
-
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int, estimate: int = 0) -> Path:
     """Collective: every process calls it (sharded strategies save their own shards).
 
@@ -243,28 +224,28 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     """
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"{PREFIX}{step:08d}", root / f"{TMP_PREFIX}{step:08d}"
-    error = None
+    error, need = None, estimate
     if accelerator.is_main_process:
         try:
             root.mkdir(parents=True, exist_ok=True)
             clean_stale(run_dir)
-            make_room(run_dir, keep, estimate)
+            need = make_room(run_dir, keep, estimate)
             tmp.mkdir()
         except (OSError, RunDirError) as e:
-            error = str(_write_error(e, root, estimate))
+            error = str(_write_error(e, root, need))
     _raise_if(accelerator, error, tmp)
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         failed = None
     except OSError as e:
         failed = e
-    failed_anywhere = _any(accelerator, failed is not None)
+    failed_anywhere = any_process(accelerator, failed is not None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        error = str(_write_error(failed, root, estimate)) if failed else None
+        error = str(_write_error(failed, root, need or dir_size(tmp))) if failed else None
         error = error or ("checkpoint write failed on another process" if failed_anywhere else None)
         if error is None:
-            error = _finalize(tmp, final, {**state, "world": accelerator.num_processes}, root, estimate)
+            error = _finalize(tmp, final, {**state, "world": accelerator.num_processes}, root, need)
         if error is None:
             for old in checkpoint_dirs(run_dir)[:-keep]:  # the new one is intact: older ones may go
                 shutil.rmtree(old, ignore_errors=True)
@@ -272,7 +253,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     return final
 
 
-def _finalize(tmp: Path, final: Path, state: dict, root: Path, estimate: int) -> str | None:
+def _finalize(tmp: Path, final: Path, state: dict, root: Path, need: int) -> str | None:
     """Main process: consolidate, trainer_state, manifest (last), rename. Returns an error line or None."""
     from .consolidate import consolidate_checkpoint
 
@@ -284,12 +265,12 @@ def _finalize(tmp: Path, final: Path, state: dict, root: Path, estimate: int) ->
             shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as e:
-        return str(_write_error(e, root, estimate or dir_size(tmp)))
+        return str(_write_error(e, root, need or dir_size(tmp)))
     return None
 
 
 def _raise_if(accelerator, error: str | None, tmp: Path) -> None:
-    error = _from_main(accelerator, error)
+    error = main_value(accelerator, error)
     if error is None:
         return
     if accelerator.is_main_process:
@@ -318,7 +299,7 @@ def load_checkpoint(accelerator, path: Path, seed: int = 0) -> dict:
 def resume_point(accelerator, run_dir: Path) -> Path | None:
     """Collective: the newest intact checkpoint (main verifies; corrupt ones are set aside)."""
     path = newest_intact(run_dir, quarantine=True) if accelerator.is_main_process else None
-    found = _from_main(accelerator, None if path is None else str(path))
+    found = main_value(accelerator, None if path is None else str(path))
     return None if found is None else Path(found)
 
 
@@ -330,7 +311,7 @@ def load_newest_intact(accelerator, run_dir: Path, first: Path, seed: int = 0) -
             state, failed = load_checkpoint(accelerator, path, seed), None
         except Exception as e:  # any reader error means this checkpoint cannot be resumed from
             state, failed = None, e
-        if not _any(accelerator, failed is not None):
+        if not any_process(accelerator, failed is not None):
             return path, state
         if accelerator.is_main_process:
             set_aside(path, f"cannot be loaded: {failed}" if failed else "cannot be loaded on another process")

@@ -14,6 +14,7 @@ metrics.jsonl, checkpoints/ (checkpoint.py), summary.json (every terminal state)
   gives the same data per step (data/sampler.py). Everything else (model, data, tokenizer, optimizer,
   schedule shape, seq_len, seed, precision, strategy) is refused: start a new run instead.
 - `write_summary`: strict JSON (NaN/inf become null), written atomically.
+- `RunDirectory.open(...)`: all of the above in the order a trainer needs them (collective).
 """
 from __future__ import annotations
 
@@ -43,6 +44,27 @@ SHOWN = 6  # conflicting keys named in the one-line error
 
 class RunDirError(RecipeError):
     """The run directory cannot serve the request (busy, incompatible resume, no space): CLI exit 2."""
+
+
+# ----------------------------------------------------------------------------- agreement across processes
+
+
+def main_value(accelerator, value):
+    """The main process's value on every process: decisions that must agree (accept, abort a write)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on any (e.g. a failed write or load)."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
 
 
 # ----------------------------------------------------------------------------- lock
@@ -188,3 +210,68 @@ def last_logged(run_dir: str | Path, key: str, upto_step: int) -> float | None:
         if key in row and row.get("step", 0) <= upto_step:
             value = row[key]
     return strict(value) if isinstance(value, float) else value
+
+
+# ----------------------------------------------------------------------------- the trainer's entry point
+
+
+class RunDirectory:
+    """A trainer's hold on its run directory, from acceptance to the summary.
+
+        run = RunDirectory(accelerator, run_dir)
+        resume_from = run.open(recipe, resume)   # lock, checks, recipe.yaml; the checkpoint to load or None
+        ...
+        run.finish(summary)                      # summary.json (main process), lock released
+    """
+
+    def __init__(self, accelerator, run_dir: str | Path):
+        self.accelerator = accelerator
+        self.path = Path(run_dir)
+        self.lock = RunLock(self.path)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def open(self, recipe: Recipe, resume: bool) -> Path | None:
+        """Collective. Refusals (busy, already a run, no intact checkpoint, incompatible recipe) raise
+        RunDirError on every process before anything in the directory is written."""
+        error = found = None
+        if self.is_main:
+            try:
+                self.lock.acquire()
+                found = self._accept(recipe, resume)
+                recipe.dump(self.path / "recipe.yaml.tmp")  # accepted: now the recipe may be (re)written
+                os.replace(self.path / "recipe.yaml.tmp", self.path / "recipe.yaml")
+            except (RunDirError, OSError) as e:
+                self.lock.release()
+                error = str(e)
+        error, found = main_value(self.accelerator, (error, None if found is None else str(found)))
+        if error is not None:
+            raise RunDirError(error)
+        return None if found is None else Path(found)
+
+    def _accept(self, recipe: Recipe, resume: bool) -> Path | None:
+        from . import checkpoint
+
+        checkpoint.clean_stale(self.path)
+        if not resume:
+            if checkpoint.latest_checkpoint(self.path) or (self.path / "summary.json").exists():
+                raise RunDirError(f"{self.path}: run directory already holds a run; pass --resume or another --out")
+            return None
+        found = checkpoint.newest_intact(self.path, quarantine=True)
+        if found is None:
+            raise RunDirError(f"--resume: no intact checkpoint under {self.path / 'checkpoints'}")
+        check_resume(self.path, recipe, checkpoint.read_state(found).get("world"), self.accelerator.num_processes)
+        return found
+
+    def finish(self, summary: dict) -> dict:
+        """Write summary.json (strict JSON) on the main process and release the lock; returns it cleaned."""
+        clean = strict(summary)
+        if self.is_main:
+            write_summary(self.path, clean)
+        self.close()
+        return clean
+
+    def close(self) -> None:
+        self.lock.release()
