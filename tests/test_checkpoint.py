@@ -8,9 +8,8 @@ import torch
 from accelerate import Accelerator
 
 from windtunnel import checkpoint
-from windtunnel.checkpoint import (CheckpointWarning, checkpoint_dirs, load_newest_intact, make_room, newest_intact,
+from windtunnel.checkpoint import (CheckpointError, CheckpointWarning, checkpoint_dirs, load_newest_intact, make_room, newest_intact,
                                    resume_point, save_checkpoint, verify, write_manifest)
-from windtunnel.rundir import RunDirError
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -117,7 +116,7 @@ def test_stale_temp_dir_is_cleaned_and_failed_write_leaves_none(acc, trained, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(acc, "save_state", full_disk)
-    with pytest.raises(RunDirError, match=r"^no space left on device: .*checkpoints \(needs ~\d+ MB\)$"):
+    with pytest.raises(CheckpointError, match=r"^no space left on device: .*checkpoints \(needs ~\d+ MB\)$"):
         save_steps(acc, trained, tmp_path, [3])
     assert names(tmp_path) == ["step_00000001", "step_00000002"]  # no .tmp_step_*, nothing lost
 
@@ -140,7 +139,7 @@ def test_short_space_deletes_only_what_rotation_would(acc, trained, tmp_path, mo
     make_room(tmp_path, keep=2, estimate=0)  # keep-1 = 1 old checkpoint may stay: 1 and 2 go
     assert names(tmp_path) == ["step_00000003"] and removed == ["step_00000001", "step_00000002"]
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: Usage(10**12, 0, int(size * 0.5)))
-    with pytest.raises(RunDirError, match="no space left on device"):
+    with pytest.raises(CheckpointError, match="no space left on device"):
         make_room(tmp_path, keep=1, estimate=0)  # would need the only (newest intact) one deleted
     assert names(tmp_path) == ["step_00000003"]
 
@@ -149,7 +148,7 @@ def test_short_space_never_deletes_the_newest_intact(acc, trained, tmp_path, mon
     save_steps(acc, trained, tmp_path, [1, 2])
     flip_byte(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: Usage(10**12, 0, 0))
-    with pytest.raises(RunDirError, match="no space left on device"):
+    with pytest.raises(CheckpointError, match="no space left on device"):
         make_room(tmp_path, keep=1, estimate=0)
     assert names(tmp_path) == ["step_00000001"]  # the corrupt newer one went, the intact one stayed
 

@@ -1,6 +1,7 @@
 """Fault injection on whole runs (issue 11, part C): a run's records survive a kill before the summary,
 non-finite steps, a refused resume, a corrupt checkpoint, a full disk and a second trainer, and what
 they say about tokens and FLOPs is what was trained."""
+import itertools
 import json
 import math
 import shutil
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from windtunnel import accounting, checkpoint
-from windtunnel.checkpoint import CheckpointWarning
+from windtunnel.checkpoint import CheckpointError, CheckpointWarning
 from windtunnel.cli import main as cli
 from windtunnel.export import export_run
 from windtunnel.recipe import Recipe
@@ -20,18 +21,12 @@ from windtunnel.sweep.executors import COMPLETED, run_state
 from windtunnel.trainer import Trainer, TrainingHalted
 
 Usage = namedtuple("Usage", "total used free")
-pytestmark = pytest.mark.xfail(strict=True, reason="needs the trainer wiring (next commits)")
 
 
 @pytest.fixture
-def corpus_recipe(tmp_path):
+def corpus_recipe(tmp_path, word_corpus):
     """Built-in data pipeline on a small local corpus (byte tokenizer): what `windtunnel train` runs."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
-    for i in range(30):
-        docs.joinpath(f"d{i}.txt").write_text("\n".join(" ".join(words[(i + j * k) % 8] for k in range(10))
-                                                        for j in range(12)))
+    docs = word_corpus(n_docs=30, words=150)
 
     def make(*overrides):
         return Recipe.from_dict({
@@ -41,11 +36,11 @@ def corpus_recipe(tmp_path):
             "train": {"steps": 8, "batch_size": 4, "seq_len": 32, "eval_every": 4, "eval_batches": 2,
                       "ckpt_every": 4, "keep_ckpts": 2, "threads": 1},
             "logging": {"log_every": 1, "progress": False},
-        }).replace(list(overrides))
+        }).with_overrides(list(overrides))
     return make
 
 
-def tiny_recipe(**train):
+def user_data_recipe(**train):
     return Recipe.from_dict({
         "model": {"vocab_size": 64, "d_model": 32, "n_heads": 2, "n_layers": 1},
         "train": {"steps": 8, "batch_size": 4, "seq_len": 16, "eval_every": 100, "ckpt_every": 4, "threads": 1,
@@ -54,30 +49,23 @@ def tiny_recipe(**train):
     })
 
 
-def token_batches(n=8, rows=4, width=17, seed=0):
+def batches(n=8, rows=4, width=17, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 64, (rows, width), generator=g) for _ in range(n)]
 
 
-class NaNAt(torch.nn.Module):
-    """Wraps a model; its loss is NaN on the given forward calls (1-based)."""
-
-    def __init__(self, model, bad_calls):
-        super().__init__()
-        self.model, self.bad, self.calls = model, set(bad_calls), 0
-
-    def forward(self, input_ids, targets=None):
-        self.calls += 1
-        out = self.model(input_ids, targets)
-        if self.calls in self.bad:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-
-def nan_model(r, bad):
+def nan_model(r, bad_calls):
+    """The recipe's model, with a NaN loss on the given forward calls (1-based), by a forward hook."""
     from windtunnel.models import build_model
 
-    return NaNAt(build_model(replace(r.model, max_seq_len=r.train.seq_len)), bad)
+    model = build_model(replace(r.model, max_seq_len=r.train.seq_len))
+    calls = itertools.count(1)
+
+    def poison(module, args, out):
+        return {**out, "loss": out["loss"] * float("nan")} if next(calls) in bad_calls else None
+
+    model.register_forward_hook(poison)
+    return model
 
 
 def rows(run_dir, key):
@@ -120,24 +108,24 @@ def test_resume_of_a_finished_but_unsummarised_run_writes_the_true_summary(corpu
 
 
 def test_max_skips_counts_consecutive_bad_steps(tmp_path):
-    r = tiny_recipe(nan_policy="skip", max_skips=2)
-    s = Trainer(r, model=nan_model(r, {2, 3, 5, 6}), train_data=token_batches(), out_dir=tmp_path / "ok").fit()
+    r = user_data_recipe(nan_policy="skip", max_skips=2)
+    s = Trainer(r, model=nan_model(r, {2, 3, 5, 6}), train_data=batches(), out_dir=tmp_path / "ok").fit()
     assert s["status"] == "completed" and s["skipped_steps"] == 4  # never more than 2 in a row
 
 
 def test_max_skips_exceeded_halts_with_a_summary(tmp_path):
-    r = tiny_recipe(nan_policy="skip", max_skips=2)
+    r = user_data_recipe(nan_policy="skip", max_skips=2)
     with pytest.raises(TrainingHalted, match=r"max_skips=2"):
-        Trainer(r, model=nan_model(r, {5, 6, 7}), train_data=token_batches(), out_dir=tmp_path).fit()
+        Trainer(r, model=nan_model(r, {5, 6, 7}), train_data=batches(), out_dir=tmp_path).fit()
     summary = strict_summary(tmp_path)
     assert summary["status"] == "halted" and "max_skips" in summary["error"]
     assert "step_00000004" in summary["error"]  # the last good checkpoint, named
 
 
 def test_nan_halt_summary_is_strict_json_and_names_an_intact_checkpoint(tmp_path):
-    r = tiny_recipe()
+    r = user_data_recipe()
     with pytest.raises(TrainingHalted, match="last good checkpoint: .*step_00000004"):
-        Trainer(r, model=nan_model(r, {6}), train_data=token_batches(), out_dir=tmp_path).fit()
+        Trainer(r, model=nan_model(r, {6}), train_data=batches(), out_dir=tmp_path).fit()
     summary = strict_summary(tmp_path)
     assert summary["status"] == "halted" and checkpoint.verify(tmp_path / "checkpoints" / "step_00000004") is None
 
@@ -195,14 +183,14 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, m
         return Usage(1, 1, 0) if checkpoint.checkpoint_dirs(tmp_path) else real(path)
 
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
-    r = tiny_recipe(keep_ckpts=1)
-    with pytest.raises(RunDirError, match=r"^no space left on device: .*checkpoints \(needs ~\d+ MB\)$"):
-        Trainer(r, train_data=token_batches(), out_dir=tmp_path).fit()
+    r = user_data_recipe(keep_ckpts=1)
+    with pytest.raises(CheckpointError, match=r"^no space left on device: .*checkpoints \(needs ~\d+ MB\)$"):
+        Trainer(r, train_data=batches(), out_dir=tmp_path).fit()
     assert ckpt_names(tmp_path) == ["step_00000004"]  # no .tmp_step_*, the only intact one kept
     summary = strict_summary(tmp_path)
     assert summary["status"] == "failed" and "no space left on device" in summary["error"]
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", real)
-    assert Trainer(r, train_data=token_batches(), out_dir=tmp_path, resume=True).fit()["steps"] == 8
+    assert Trainer(r, train_data=batches(), out_dir=tmp_path, resume=True).fit()["steps"] == 8
 
 
 # ----------------------------------------------------------------------------- C6
@@ -210,11 +198,11 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, m
 
 def test_a_second_trainer_on_a_run_exits_2(tmp_path, capsys):
     recipe_file = tmp_path / "r.yaml"
-    tiny_recipe().dump(recipe_file)
+    user_data_recipe().dump(recipe_file)
     with RunLock(tmp_path / "run"):
         assert cli(["train", str(recipe_file), "--out", str(tmp_path / "run")]) == 2
         with pytest.raises(RunDirError, match="another trainer"):
-            Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path / "run").fit()
+            Trainer(user_data_recipe(), train_data=batches(), out_dir=tmp_path / "run").fit()
     err = capsys.readouterr().err.strip().splitlines()
     assert "another trainer is running" in err[-1]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written
@@ -225,9 +213,9 @@ def test_a_second_trainer_on_a_run_exits_2(tmp_path, capsys):
 
 def test_user_batches_are_counted_as_trained(tmp_path):
     """Recipe says 16 x 64 per step; the batches are 4 x 33 (32 targets per row): 128 tokens per step."""
-    r = tiny_recipe(batch_size=16, seq_len=64, ckpt_every=0)
+    r = user_data_recipe(batch_size=16, seq_len=64, ckpt_every=0)
     r = replace(r, logging=replace(r.logging, peak_tflops=1.0))
-    s = Trainer(r, train_data=token_batches(rows=4, width=33), out_dir=tmp_path).fit()
+    s = Trainer(r, train_data=batches(rows=4, width=33), out_dir=tmp_path).fit()
     fpt = accounting.flops_per_token(replace(r.model, max_seq_len=64), 32)
     assert s["tokens"] == 8 * 128 and s["batch_tokens"] == 128
     assert s["flops"] == pytest.approx(fpt * 8 * 128) and s["seq_len"] == 32
@@ -237,3 +225,17 @@ def test_user_batches_are_counted_as_trained(tmp_path):
         if "loss" in row:
             assert row["mfu"] == pytest.approx(fpt * row["tokens_per_s"] / 1e12)
     assert math.isfinite(s["final_train_loss"])
+
+
+def test_halt_names_the_newest_intact_checkpoint_not_a_corrupt_one(tmp_path):
+    from windtunnel.callbacks import Callback
+
+    class CorruptAt8(Callback):
+        def on_checkpoint(self, state):
+            if state.step == 8:
+                flip_byte(state.checkpoint / "model.safetensors")
+
+    r = user_data_recipe(steps=12)
+    with pytest.raises(TrainingHalted, match=r"last good checkpoint: \S*step_00000004$"):
+        Trainer(r, model=nan_model(r, {10}), train_data=batches(12), out_dir=tmp_path,
+                callbacks=[CorruptAt8()]).fit()

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from windtunnel.checkpoint import CheckpointError
 from windtunnel.recipe import Recipe
 from windtunnel.rundir import (RunDirectory, RunDirError, RunLock, check_resume, is_locked, last_logged, resume_conflicts,
                                write_summary)
@@ -15,7 +16,7 @@ from windtunnel.rundir import (RunDirectory, RunDirError, RunLock, check_resume,
 def recipe(*overrides):
     base = Recipe.from_dict({"model": {"vocab_size": 64, "d_model": 32, "n_heads": 2, "n_layers": 1},
                              "train": {"steps": 8, "batch_size": 4, "seq_len": 16}})
-    return base.replace(list(overrides))
+    return base.with_overrides(list(overrides))
 
 
 # ----------------------------------------------------------------------------- lock
@@ -161,6 +162,6 @@ def test_resume_with_only_corrupt_checkpoints_is_refused(acc, tmp_path):
     ckpt = fake_checkpoint(tmp_path)
     (ckpt / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoints" / ".tmp_step_00000008").mkdir()
-    with pytest.warns(UserWarning, match="corrupt"), pytest.raises(RunDirError, match="no intact checkpoint"):
+    with pytest.warns(UserWarning, match="corrupt"), pytest.raises(CheckpointError, match="no intact checkpoint"):
         RunDirectory(acc, tmp_path).open(recipe(), resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".corrupt_step_00000004"]

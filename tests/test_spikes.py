@@ -151,7 +151,7 @@ def test_rewinds_past_max_skips_halt(tmp_path):
         data[i][0, 0] = SPIKE
     with pytest.raises(TrainingHalted, match="rewinds"):
         train(spike_recipe("rewind", max_skips=2), tmp_path, data=data)
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "halted"
 
 
 @pytest.mark.parametrize("key, value, msg", [("spike_threshold", 0, "positive"), ("spike_window", 0, "spike_window: must be positive"),

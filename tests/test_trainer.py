@@ -142,7 +142,7 @@ def test_nan_halt_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingHalted, match="loss is nan.*last good checkpoint: .*step_00000004"):
         Trainer(r, model=NaNAt(model_for(r), {6}), train_data=token_batches(), out_dir=tmp_path).fit()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed"
+    assert summary["status"] == "halted"
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["step_00000004"]
 

@@ -23,7 +23,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from .rundir import RunDirError, any_process, main_value
+from .recipe import RecipeError
 
 PREFIX = "step_"
 TMP_PREFIX = ".tmp_" + PREFIX
@@ -32,6 +32,10 @@ MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 SPACE_MARGIN = 1.1  # checkpoints of one run differ little in size; 10% covers metadata and growth
 CHUNK = 1 << 22
+
+
+class CheckpointError(RecipeError):
+    """No room or no permission to write a checkpoint, or no intact one to resume from: CLI exit 2."""
 
 
 class CheckpointWarning(UserWarning):
@@ -172,8 +176,8 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def no_space(where: Path, need: int) -> RunDirError:
-    return RunDirError(f"no space left on device: {where} (needs ~{max(1, round(need / 2**20))} MB)")
+def no_space(where: Path, need: int) -> CheckpointError:
+    return CheckpointError(f"no space left on device: {where} (needs ~{max(1, round(need / 2**20))} MB)")
 
 
 def make_room(run_dir: Path, keep: int, estimate: int = 0) -> int:
@@ -205,22 +209,43 @@ def clean_stale(run_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- agreement across processes
+
+
+def main_value(accelerator, value):
+    """The main process's value on every process: decisions that must agree (accept, abort a write)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on any (e.g. a failed write or load)."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
+
+
 # ----------------------------------------------------------------------------- save / load
 
 
-def _write_error(err: BaseException, where: Path, need: int) -> RunDirError:
-    if isinstance(err, RunDirError):
+def _write_error(err: BaseException, where: Path, need: int) -> CheckpointError:
+    if isinstance(err, CheckpointError):
         return err
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return no_space(where, need)
-    return RunDirError(f"cannot write checkpoint {where}: {err}")
+    return CheckpointError(f"cannot write checkpoint {where}: {err}")
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int, estimate: int = 0) -> Path:
     """Collective: every process calls it (sharded strategies save their own shards).
 
     estimate: expected size in bytes when there is no previous checkpoint to measure (0 = unknown).
-    Raises RunDirError ("no space left on device: ...") with the temp dir removed on every failure.
+    Raises CheckpointError ("no space left on device: ...") with the temp dir removed on every failure.
     """
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"{PREFIX}{step:08d}", root / f"{TMP_PREFIX}{step:08d}"
@@ -231,7 +256,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
             clean_stale(run_dir)
             need = make_room(run_dir, keep, estimate)
             tmp.mkdir()
-        except (OSError, RunDirError) as e:
+        except (OSError, CheckpointError) as e:
             error = str(_write_error(e, root, need))
     _raise_if(accelerator, error, tmp)
     try:
@@ -275,7 +300,7 @@ def _raise_if(accelerator, error: str | None, tmp: Path) -> None:
         return
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    raise RunDirError(error)
+    raise CheckpointError(error)
 
 
 def read_state(path: Path) -> dict:
@@ -317,4 +342,4 @@ def load_newest_intact(accelerator, run_dir: Path, first: Path, seed: int = 0) -
             set_aside(path, f"cannot be loaded: {failed}" if failed else "cannot be loaded on another process")
         accelerator.wait_for_everyone()
         path = resume_point(accelerator, run_dir)
-    raise RunDirError(f"--resume: no intact checkpoint under {Path(run_dir) / 'checkpoints'}")
+    raise CheckpointError(f"--resume: no intact checkpoint under {Path(run_dir) / 'checkpoints'}")

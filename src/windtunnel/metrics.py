@@ -55,7 +55,7 @@ class MetricsLogger(Callback):
                             dynamic_ncols=True, desc="train")
             if self.recipe.logging.wandb:
                 self.wandb_run = start_wandb(self.recipe, state.run_dir)
-        self._reset_window()
+        self._reset_window(tokens=state.tokens)
 
     def post_step(self, state: TrainState) -> None:
         self.loss_sum += state.loss
@@ -79,7 +79,7 @@ class MetricsLogger(Callback):
             if self.bar is not None:
                 self.bar.n = state.step
                 self.bar.refresh()
-        self._reset_window()
+        self._reset_window(tokens=state.tokens)
 
     # ------------------------------------------------------------------ rows
     def flush(self, state: TrainState) -> None:
@@ -89,12 +89,12 @@ class MetricsLogger(Callback):
         if not math.isfinite(row["loss"]) and self.recipe.train.nan_policy == "halt":
             state.trainer.halt(state, f"step {state.step}: loss is {row['loss']} (train.nan_policy=halt)")
         self.log(row)
-        self._reset_window(now)
+        self._reset_window(now, state.tokens)
 
     def row(self, state: TrainState, seconds: float) -> dict:
         trainer = state.trainer
         acc, world, n = trainer.accelerator, trainer.world, self.steps
-        tokens_per_s = self.recipe.global_tokens_per_step(world) * n / max(seconds, 1e-9)
+        tokens_per_s = (state.tokens - self.tokens_before) / max(seconds, 1e-9)  # as trained, not as planned
         row = {"step": state.step, "tokens": state.tokens,
                "loss": float(acc.reduce(self.loss_sum.detach() / n, reduction="mean")), "lr": state.lr,
                "grad_norm": float(state.grad_norm), "tokens_per_s": tokens_per_s, "mfu": None}
@@ -107,10 +107,10 @@ class MetricsLogger(Callback):
             row["skipped_steps"] = state.skipped
         return row
 
-    def _reset_window(self, now: float | None = None) -> None:
+    def _reset_window(self, now: float | None = None, tokens: int = 0) -> None:
         self.loss_sum: torch.Tensor | float = 0.0
         self.metric_sums: dict = {}
-        self.steps, self.t_window = 0, now or time.time()
+        self.steps, self.t_window, self.tokens_before = 0, now or time.time(), tokens
 
 
 def memory_gb(device: torch.device) -> float:

@@ -26,6 +26,8 @@ from typing import Any
 
 import filelock
 
+from . import checkpoint
+from .checkpoint import main_value
 from .recipe import Recipe, RecipeError
 
 COMPLETED, HALTED, FAILED = "completed", "halted", "failed"
@@ -43,28 +45,7 @@ SHOWN = 6  # conflicting keys named in the one-line error
 
 
 class RunDirError(RecipeError):
-    """The run directory cannot serve the request (busy, incompatible resume, no space): CLI exit 2."""
-
-
-# ----------------------------------------------------------------------------- agreement across processes
-
-
-def main_value(accelerator, value):
-    """The main process's value on every process: decisions that must agree (accept, abort a write)."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value])[0]
-
-
-def any_process(accelerator, flag: bool) -> bool:
-    """True on every process when `flag` is true on any (e.g. a failed write or load)."""
-    if accelerator.num_processes == 1:
-        return flag
-    import torch
-
-    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
+    """The run directory cannot serve the request (busy, already a run, incompatible resume): CLI exit 2."""
 
 
 # ----------------------------------------------------------------------------- lock
@@ -243,17 +224,15 @@ class RunDirectory:
                 found = self._accept(recipe, resume)
                 recipe.dump(self.path / "recipe.yaml.tmp")  # accepted: now the recipe may be (re)written
                 os.replace(self.path / "recipe.yaml.tmp", self.path / "recipe.yaml")
-            except (RunDirError, OSError) as e:
+            except (RecipeError, OSError) as e:  # e.g. an unwritable directory: the CLI's one line
                 self.lock.release()
-                error = str(e)
+                error = e
         error, found = main_value(self.accelerator, (error, None if found is None else str(found)))
         if error is not None:
-            raise RunDirError(error)
+            raise error  # the same error on every process
         return None if found is None else Path(found)
 
     def _accept(self, recipe: Recipe, resume: bool) -> Path | None:
-        from . import checkpoint
-
         checkpoint.clean_stale(self.path)
         if not resume:
             if checkpoint.latest_checkpoint(self.path) or (self.path / "summary.json").exists():
@@ -261,7 +240,7 @@ class RunDirectory:
             return None
         found = checkpoint.newest_intact(self.path, quarantine=True)
         if found is None:
-            raise RunDirError(f"--resume: no intact checkpoint under {self.path / 'checkpoints'}")
+            raise checkpoint.CheckpointError(f"--resume: no intact checkpoint under {self.path / 'checkpoints'}")
         check_resume(self.path, recipe, checkpoint.read_state(found).get("world"), self.accelerator.num_processes)
         return found
 

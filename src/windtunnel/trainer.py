@@ -12,7 +12,6 @@ spike_policy=skip|rewind).
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import accounting, checkpoint, distributed
+from . import accounting, checkpoint, distributed, rundir
 from .branches import DecayBranches
 from .callbacks import Callback, Checkpointer, Evaluator, TrainState
 from .compile import apply_compile
@@ -65,17 +64,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        state = self._setup()
-        self.emit("pre_train", state)
-        while state.step < self.total_steps and not state.should_stop:
-            self.emit("pre_step", state)
-            self.train_step(state)
-            if state.rewind_to is not None:  # a callback asked to redo training from a checkpoint
-                self.restore(state, state.rewind_to)
-                continue
-            self.emit("post_step", state)
-        self.emit("post_train", state)
-        return self._finish(state)
+        """Train to the end. summary.json records every ending: completed / stopped / halted / failed."""
+        self.run = rundir.RunDirectory(self.accelerator, self.run_dir)
+        resume_from = self.run.open(self.recipe, self.resume)  # lock and resume checks, then recipe.yaml
+        state = None
+        try:
+            state = self._setup(resume_from)
+            self.emit("pre_train", state)
+            while state.step < self.total_steps and not state.should_stop:
+                self.emit("pre_step", state)
+                self.train_step(state)
+                if state.rewind_to is not None:  # a callback asked to redo training from a checkpoint
+                    self.restore(state, state.rewind_to)
+                    continue
+                self.emit("post_step", state)
+            self.emit("post_train", state)
+            return self._finish(state)
+        except TrainingHalted:
+            raise  # halt() wrote the summary
+        except Exception as e:
+            self.run.finish({"status": rundir.FAILED, "error": (str(e) or type(e).__name__).splitlines()[0],
+                             "steps": state.step if state else 0})
+            raise
+        finally:
+            self.run.close()
 
     def train_step(self, state: TrainState, schedule: Callable[[int], float] | None = None,
                    hooks: bool = True) -> None:
@@ -86,15 +98,17 @@ class Trainer:
         state.loss, state.metrics = self.forward_backward(state.data_step(state.step))
         self.optimizer_step(state, hooks)
         state.step += 1
-        state.tokens += self.recipe.global_tokens_per_step(self.world)
+        state.tokens += self.step_tokens
 
     def forward_backward(self, data_step: int) -> tuple[torch.Tensor, dict]:
         """Gradients of one step's grad_accum micro-batches; returns the mean loss and metrics (on the device)."""
         ga = self.recipe.train.grad_accum
         total = torch.zeros((), device=self.accelerator.device)
         metrics: dict[str, torch.Tensor] = {}
+        tokens = 0
         for micro in range(ga):
             x, y = self._split(self.batches.get(data_step, micro))
+            tokens += self._count(y)
             sync = micro == ga - 1
             with distributed.no_sync(self.accelerator, self.model, sync):
                 with self.accelerator.autocast():
@@ -103,7 +117,16 @@ class Trainer:
             total += loss.detach().float() / ga
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0) + v.detach().float() / ga
+        # ranks train on batches of one shape (the sampler's, or a user's split of one global batch)
+        self.step_tokens = tokens * self.world
         return total, metrics
+
+    def _count(self, targets: torch.Tensor) -> int:
+        """Target tokens of a micro-batch from its shape (host ints: no sync); FLOPs follow its length."""
+        if targets.shape[-1] != self.seq_len and self._user_model is None:
+            self.flops_per_token = accounting.flops_per_token(self.recipe.model, targets.shape[-1])
+        self.seq_len = targets.shape[-1]
+        return targets.numel()
 
     def optimizer_step(self, state: TrainState, hooks: bool = True) -> None:
         """clip -> nan_policy=skip check -> pre_optim_step hooks -> optimizer.step -> model hook -> zero_grad."""
@@ -117,9 +140,12 @@ class Trainer:
             self.emit("pre_optim_step", state)
         if state.skip_update and state.rewind_to is None:  # a rewind is counted by its callback
             state.skipped += 1
-            if state.skipped > r.max_skips:
-                raise TrainingHalted(f"step {state.step + 1}: {state.skipped} steps skipped "
-                                     f"(train.max_skips={r.max_skips}); halting")
+            self.skips_in_a_row += 1
+            if self.skips_in_a_row > r.max_skips:
+                self.halt(state, f"step {state.step + 1}: {self.skips_in_a_row} steps in a row skipped "
+                                 f"(train.nan_policy={r.nan_policy}, train.max_skips={r.max_skips})")
+        elif not state.skip_update:
+            self.skips_in_a_row = 0
         if not state.skip_update:
             self.optimizer.step()
             self.after_optimizer_step()
@@ -152,24 +178,10 @@ class Trainer:
         model = replace(m, vocab_size=vocab, max_seq_len=m.max_seq_len or recipe.train.seq_len)
         return replace(recipe, model=model)
 
-    def _prepare_run_dir(self) -> Path | None:
-        ckpt = checkpoint.latest_checkpoint(self.run_dir)
-        if self.resume:
-            if ckpt is None:
-                raise RecipeError(f"--resume: no complete checkpoint under {self.run_dir}/checkpoints")
-            return ckpt
-        if ckpt is not None or (self.run_dir / "summary.json").exists():
-            raise RecipeError(f"{self.run_dir}: run directory already holds a run; pass --resume or another --out")
-        return None
-
-    def _setup(self) -> TrainState:
+    def _setup(self, resume_from: Path | None) -> TrainState:
         from .models import build_model
 
-        resume_from = self._prepare_run_dir()
         acc, r = self.accelerator, self.recipe
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            r.dump(self.run_dir / "recipe.yaml")
         torch.manual_seed(r.train.seed)
         model = self._user_model if self._user_model is not None else build_model(r.model)
         self._call_with_targets = "targets" in inspect.signature(model.forward).parameters
@@ -182,6 +194,7 @@ class Trainer:
         # FLOPs are known for the models the recipe builds; a user's module may be anything
         known = self._user_model is None
         self.flops_per_token = accounting.flops_per_token(r.model, r.train.seq_len) if known else None
+        self.seq_len, self.step_tokens, self.skips_in_a_row = r.train.seq_len, 0, 0  # as trained (_count)
         self.peak_flops = accounting.peak_flops(torch.cuda.get_device_name() if acc.device.type == "cuda" else None,
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
@@ -207,15 +220,18 @@ class Trainer:
         saved = state.to_dict()
         kept = {type(cb).__name__: cb.state_dict() for cb in self.callbacks}
         saved["callbacks"] = {name: value for name, value in kept.items() if value is not None}
+        # a first checkpoint's size, for the free-space check: weights, two Adam moments and a spare copy
+        estimate = 4 * sum(p.numel() * p.element_size() for p in self.model.parameters())
         state.checkpoint = checkpoint.save_checkpoint(self.accelerator, self.run_dir, state.step, saved,
-                                                      self.recipe.train.keep_ckpts)
+                                                      self.recipe.train.keep_ckpts, estimate)
         self.emit("on_checkpoint", state)
         return state.checkpoint
 
     def restore(self, state: TrainState, path: Path) -> None:
-        """Load a checkpoint into the run, keeping the data windows already decided to skip."""
+        """Load a checkpoint into the run (an older intact one when it cannot be loaded, with a warning),
+        keeping the data windows already decided to skip."""
         decided = state.data_skips
-        saved = checkpoint.load_checkpoint(self.accelerator, path)
+        path, saved = checkpoint.load_newest_intact(self.accelerator, self.run_dir, path, self.recipe.train.seed)
         state.load(saved)
         state.data_skips = sorted(set(state.data_skips) | set(decided))
         state.checkpoint, state.rewind_to = path, None
@@ -278,22 +294,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def halt(self, state: TrainState, why: str) -> None:
-        """Stop the run as failed: summary.json says why; raises TrainingHalted."""
-        last = checkpoint.latest_checkpoint(self.run_dir)
-        msg = f"{why}; last good checkpoint: {last or 'none'}"
+        """Stop the run as halted: summary.json says why and names the newest intact checkpoint."""
+        last = checkpoint.newest_intact(self.run_dir) if self.accelerator.is_main_process else None
+        msg = f"{why}; last good checkpoint: {checkpoint.main_value(self.accelerator, str(last or 'none'))}"
         self.metrics.close()
-        if self.accelerator.is_main_process:
-            self._write_summary({"status": "failed", "error": msg, "steps": state.step})
+        self.run.finish({"status": rundir.HALTED, "error": msg, "steps": state.step})
         raise TrainingHalted(msg)
 
     def _finish(self, state: TrainState) -> dict:
         self.metrics.close()
-        r, train_loss = self.recipe, (state.last_row or {}).get("loss", float("nan"))
-        summary = {"status": "completed" if state.done else "stopped", "final_train_loss": train_loss,
+        r, train_loss = self.recipe, (state.last_row or {}).get("loss")
+        if state.last_row is None and self.accelerator.is_main_process:  # resumed after its last step
+            train_loss = rundir.last_logged(self.run_dir, "loss", state.step)
+        if state.val_loss is None and state.done:  # e.g. killed after the last checkpoint, before the summary
+            state.val_loss = self.evaluate()
+        summary = {"status": "completed" if state.done else "stopped",
+                   "final_train_loss": float("nan") if train_loss is None else train_loss,
                    "final_val_loss": state.val_loss, "tokens": state.tokens, "steps": state.step,
                    "wall_time_s": time.time() - self.t_start, "lr": r.optim.lr,
-                   "batch_tokens": r.global_tokens_per_step(self.world), "seq_len": r.train.seq_len,
-                   "skipped_steps": state.skipped, "branches": self._branch_results()}
+                   "batch_tokens": state.tokens // state.step if state.step else r.global_tokens_per_step(self.world),
+                   "seq_len": self.seq_len, "skipped_steps": state.skipped, "branches": self._branch_results()}
         if state.data_skips:
             summary["data_skips"] = state.data_skips
         if self.flops_per_token is not None:
@@ -303,17 +323,12 @@ class Trainer:
                            flops_per_token=self.flops_per_token, flops=self.flops_per_token * state.tokens)
         else:
             summary["params"] = sum(p.numel() for p in self.model.parameters())
-        if self.accelerator.is_main_process:
-            self._write_summary(summary)
+        self.run.finish(summary)  # strict JSON: a non-finite loss is written as null
         self.accelerator.wait_for_everyone()
         return summary
 
     def _branch_results(self) -> list[dict]:
         return next((cb.results for cb in self.callbacks if isinstance(cb, DecayBranches)), [])
-
-    def _write_summary(self, summary: dict) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 class TrainBatches:

@@ -96,7 +96,6 @@ def test_saved_with_one_resumes_with_two(launcher, recipe, references, tmp_path)
     assert_close(run, one)
 
 
-@pytest.mark.xfail(strict=True, reason="resume check not yet wired into the trainer")
 def test_a_changed_global_batch_is_refused(launcher, recipe, references, tmp_path):
     _, two = references
     run = cut_back_to_step_4(two, tmp_path / "run")
