@@ -196,9 +196,9 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, m
 # ----------------------------------------------------------------------------- C6
 
 
-def test_a_second_trainer_on_a_run_exits_2(tmp_path, capsys):
+def test_a_second_trainer_on_a_run_exits_2(corpus_recipe, tmp_path, capsys):
     recipe_file = tmp_path / "r.yaml"
-    user_data_recipe().dump(recipe_file)
+    corpus_recipe().dump(recipe_file)
     with RunLock(tmp_path / "run"):
         assert cli(["train", str(recipe_file), "--out", str(tmp_path / "run")]) == 2
         with pytest.raises(RunDirError, match="another trainer"):
