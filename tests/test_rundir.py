@@ -131,9 +131,12 @@ def fake_checkpoint(run_dir, step=4, world=1):
 
 
 def test_open_writes_the_recipe_only_once_accepted(acc, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0}\n')  # killed before its first checkpoint
+    (tmp_path / "checkpoints" / ".tmp_step_00000004").mkdir(parents=True)
     run = RunDirectory(acc, tmp_path)
     assert run.open(recipe(), resume=False) is None
     assert Recipe.load(tmp_path / "recipe.yaml") == recipe()
+    assert not (tmp_path / "metrics.jsonl").exists() and not list((tmp_path / "checkpoints").iterdir())
     with pytest.raises(RunDirError, match="another trainer"):
         RunDirectory(acc, tmp_path).open(recipe("model.d_model=64"), resume=False)
     assert Recipe.load(tmp_path / "recipe.yaml") == recipe()

@@ -237,6 +237,8 @@ class RunDirectory:
         if not resume:
             if checkpoint.latest_checkpoint(self.path) or (self.path / "summary.json").exists():
                 raise RunDirError(f"{self.path}: run directory already holds a run; pass --resume or another --out")
+            # rows of an attempt killed before its first checkpoint: this run redoes those steps
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
             return None
         found = checkpoint.newest_intact(self.path, quarantine=True)
         if found is None:
