@@ -339,7 +339,8 @@ def load_newest_intact(accelerator, run_dir: Path, first: Path, seed: int = 0) -
         if not any_process(accelerator, failed is not None):
             return path, state
         if accelerator.is_main_process:
-            set_aside(path, f"cannot be loaded: {failed}" if failed else "cannot be loaded on another process")
+            why = f"{type(failed).__name__}: {(str(failed).splitlines() or [''])[0]}" if failed else "on another process"
+            set_aside(path, f"cannot be loaded: {why}")
         accelerator.wait_for_everyone()
         path = resume_point(accelerator, run_dir)
     raise CheckpointError(f"--resume: no intact checkpoint under {Path(run_dir) / 'checkpoints'}")
