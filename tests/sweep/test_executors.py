@@ -72,10 +72,10 @@ def test_local_one_run_per_gpu_and_a_crash_does_not_stop_the_sweep(tmp_path, run
     def fake_command(run_dir, resume):
         return finish_command(run_dir, *(("failed", 1) if run_dir.name == "lr0.002" else ()))
 
-    def spy(command, log_path, env=None):
+    def spy(command, log_path, env=None, started=None):
         with lock:
             seen.append(env["CUDA_VISIBLE_DEVICES"])
-        return real_execute(command, log_path, env)
+        return real_execute(command, log_path, env, started)
 
     monkeypatch.setattr(executors, "local_command", fake_command)
     monkeypatch.setattr(executors, "execute", spy)
@@ -172,3 +172,41 @@ def test_child_refuses_when_the_sweep_is_already_gone():
     proc = subprocess.run([sys.executable, "-m", "windtunnel.sweep.child", "1", sys.executable, "-c", "print('ran')"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 1 and "ran" not in proc.stdout and "has exited" in proc.stderr
+
+
+def test_interrupting_the_sweep_stops_its_trainers(tmp_path):
+    """SIGINT to the sweep process alone (not its group): run_local stops the running trainer and
+    starts no other, instead of waiting for it."""
+    pid_file = tmp_path / "child.pid"
+    sweep = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from types import SimpleNamespace
+        from windtunnel.sweep import executors
+        from windtunnel.sweep.plan import ExecutorConfig
+        sleeper = "import os, sys, time; open(sys.argv[1], 'a').write(str(os.getpid()) + ' '); time.sleep(300)"
+        executors.local_command = lambda run_dir, resume: [sys.executable, "-c", sleeper, {str(pid_file)!r}]
+        executors.prepare_run = lambda run, run_dir: run_dir.mkdir(parents=True, exist_ok=True) or False
+        todo = [(SimpleNamespace(name=name), Path({str(tmp_path)!r}) / name) for name in ("a", "b")]
+        executors.run_local(todo, ExecutorConfig(gpus=0), echo=lambda *_: None)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", sweep], env=env, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text().split()[0])
+        parent.send_signal(signal.SIGINT)
+        assert parent.wait(timeout=60) != 0 and b"KeyboardInterrupt" in parent.stderr.read()
+        for _ in range(600):
+            if gone(child):
+                break
+            time.sleep(0.05)
+        assert gone(child) and len(pid_file.read_text().split()) == 1  # run "b" never started
+    finally:
+        parent.kill()
+        for pid in map(int, pid_file.read_text().split() if pid_file.exists() else []):
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from .. import checkpoint
 from ..rundir import is_locked
@@ -71,14 +72,18 @@ def slurm_command(run_dir: Path, resume: bool, processes: int) -> list[str]:
     return [*launch, "-m", "windtunnel", *train_args(run_dir, resume)]
 
 
-def execute(command: list[str], log_path: str, env: dict[str, str] | None = None) -> int:
+def execute(command: list[str], log_path: str, env: dict[str, str] | None = None,
+            started: Callable[[subprocess.Popen], None] | None = None) -> int:
     """Run one training command, appending its output to log_path; returns the exit code.
-    A plain module-level function so submitit can pickle it for cluster jobs."""
+    `started` gets the process (to stop it with the sweep). A plain module-level function so submitit
+    can pickle it for cluster jobs."""
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    return proc.returncode
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        if started is not None:
+            started(proc)
+        return proc.wait()
 
 
 def visible_gpus(requested: int | None) -> list[str]:
@@ -113,7 +118,8 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
         echo(f"[{index}/{total}] {run.name}: {'resuming' if resume else 'starting'} on {where}")
         start = time.time()
         try:
-            rc = execute(local_command(run_dir, resume), str(run_dir / "train.log"), {"CUDA_VISIBLE_DEVICES": slot})
+            rc = execute(local_command(run_dir, resume), str(run_dir / "train.log"), {"CUDA_VISIBLE_DEVICES": slot},
+                         started=running.append)
         finally:
             slots.put(slot)
         state = run_state(run_dir)
@@ -121,9 +127,17 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
              + ("" if state == COMPLETED else f"; log: {run_dir / 'train.log'}"))
         return rc
 
+    running: list[subprocess.Popen] = []
     with ThreadPoolExecutor(max_workers=max(1, len(gpus))) as pool:
         futures = {run.name: pool.submit(one, i + 1, run, d) for i, (run, d) in enumerate(todo)}
-        return {name: f.result() for name, f in futures.items()}
+        try:
+            return {name: f.result() for name, f in futures.items()}
+        except BaseException:  # e.g. SIGINT to the sweep alone: stop its trainers, start no more
+            for f in futures.values():
+                f.cancel()
+            for proc in running:
+                proc.terminate()
+            raise
 
 
 def slurm_executor(sweep_dir: Path, name: str, cfg: ExecutorConfig):
