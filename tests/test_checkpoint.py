@@ -8,8 +8,8 @@ import torch
 from accelerate import Accelerator
 
 from windtunnel import checkpoint
-from windtunnel.checkpoint import (CheckpointError, CheckpointWarning, checkpoint_dirs, load_newest_intact, make_room, newest_intact,
-                                   resume_point, save_checkpoint, verify, write_manifest)
+from windtunnel.checkpoint import (CheckpointError, CheckpointWarning, checkpoint_dirs, load_newest_intact, make_room,
+                                   newest_intact, resume_point, save_checkpoint, verify, write_manifest)
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -9,8 +9,8 @@ import pytest
 
 from windtunnel.checkpoint import CheckpointError
 from windtunnel.recipe import Recipe
-from windtunnel.rundir import (RunDirectory, RunDirError, RunLock, check_resume, is_locked, last_logged, resume_conflicts,
-                               write_summary)
+from windtunnel.rundir import (RunDirectory, RunDirError, RunLock, check_resume, is_locked, last_logged,
+                               resume_conflicts, write_summary)
 
 
 def recipe(*overrides):

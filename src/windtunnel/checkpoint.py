@@ -339,7 +339,7 @@ def load_newest_intact(accelerator, run_dir: Path, first: Path, seed: int = 0) -
         if not any_process(accelerator, failed is not None):
             return path, state
         if accelerator.is_main_process:
-            why = f"{type(failed).__name__}: {(str(failed).splitlines() or [''])[0]}" if failed else "on another process"
+            why = f"{type(failed).__name__}: {(str(failed).splitlines() or [''])[0]}" if failed else "elsewhere"
             set_aside(path, f"cannot be loaded: {why}")
         accelerator.wait_for_everyone()
         path = resume_point(accelerator, run_dir)
