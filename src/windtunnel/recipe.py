@@ -122,7 +122,8 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SourceFields:
+    """Where one corpus comes from: the flat `data.*` keys, or one entry of `data.sources`."""
     source: Literal["stdlib", "files", "hf"] = "stdlib"
     paths: list[str] = field(default_factory=list)  # files, directories or globs (source=files)
     dataset: str | None = None  # datasets name or local path (source=hf)
@@ -132,8 +133,24 @@ class DataConfig:
     text_field: str = "text"
     max_documents: int | None = None  # cap on documents read (quick runs)
     stdlib_tests: bool = True  # include the stdlib's test/ folders in the embedded corpus
+
+
+@dataclass
+class SourceConfig(SourceFields):
+    """One named source of a mixture (data/mixture.py); its own fields as for a one-source recipe."""
+    name: str = ""  # used in metric keys: val_loss/<name>
+    weight: float = 1.0  # relative share of training sequences (normalised over the sources)
+
+
+@dataclass
+class DataConfig(SourceFields):
     val_fraction: float = 0.01  # held-out documents, chosen by a hash of the document id
     cache_dir: str = ".windtunnel_cache"
+    # Mixtures (data/mixture.py): named sources replace the flat source keys above when given.
+    sources: list[SourceConfig] = field(default_factory=list)
+    mix: dict[str, float] | None = None  # {name: weight} overriding the sources' weights (sweeps, --set)
+    warn_epochs: float = 4.0  # warn when a source is planned to repeat more (Muennighoff et al. 2023)
+    max_epochs: float | None = None  # refuse a run that would repeat any source more than this
 
 
 @dataclass
@@ -159,6 +176,7 @@ class WSDConfig:
     decay_frac: float = 0.2  # fraction of training spent decaying
     decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
     branches: list[int] = field(default_factory=list)  # token counts: decay branches (sweeps)
+    decay_mix: dict[str, float] | None = None  # mixture weights during the decay (and decay branches)
 
 
 @dataclass
@@ -390,6 +408,11 @@ def coerce(tp: Any, value: Any, source: str, path: str) -> Any:
         if value not in choices:
             raise RecipeError(f"{source}: {path}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {path}: expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {coerce(key_tp, k, source, path): coerce(value_tp, v, source, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{source}: {path}: expected a list, got {value!r}")
@@ -491,6 +514,8 @@ def validate(r: Recipe, source: str) -> None:
     if t.spike_policy == "skip" and d.strategy == "deepspeed":
         fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
                                    "use log or rewind")
+    # ---- data mixtures (data/mixture.py); kept separate from the checks above
+    _validate_mixture(r, fail)
 
 
 def _validate_moe_mtp(m: ModelConfig, fail) -> None:
@@ -507,3 +532,41 @@ def _validate_moe_mtp(m: ModelConfig, fail) -> None:
     w = m.mtp.weights
     if w is not None and len(w) != m.mtp.n_future - 1:
         fail("model.mtp.weights", f"needs n_future-1={m.mtp.n_future - 1} values, got {len(w)}")
+
+
+def _validate_mixture(r: Recipe, fail) -> None:
+    """data.sources / data.mix / schedule.wsd.decay_mix: named, non-negative, and naming known sources."""
+    d = r.data
+    names = [s.name for s in d.sources]
+    for i, s in enumerate(d.sources):
+        if not s.name or not s.name.replace("_", "").replace("-", "").isalnum():
+            fail(f"data.sources[{i}].name", f"needs a name of letters, digits, _ or -, got {s.name!r}")
+        if s.weight < 0:
+            fail(f"data.sources[{i}].weight", f"must be >= 0, got {s.weight}")
+        if s.source == "files" and not s.paths:
+            fail(f"data.sources[{i}].paths", "source=files needs at least one path or glob")
+        if s.source == "hf" and not s.dataset:
+            fail(f"data.sources[{i}].dataset", "source=hf needs a dataset name or path")
+    if len(set(names)) != len(names):
+        fail("data.sources", f"source names must be unique, got {names}")
+    if d.sources:
+        flat = {f.name: getattr(d, f.name) for f in dataclasses.fields(SourceFields)}
+        moved = [k for k, v in flat.items() if v != getattr(SourceFields(), k)]
+        if moved:
+            fail(f"data.{moved[0]}", "set it on each entry of data.sources (a mixture has no top-level source)")
+        if sum(s.weight for s in d.sources) <= 0 and not d.mix:
+            fail("data.sources", "weights sum to 0")
+    for path, mix in (("data.mix", d.mix), ("schedule.wsd.decay_mix", r.schedule.wsd.decay_mix)):
+        if mix is None:
+            continue
+        if not d.sources:
+            fail(path, "needs data.sources (a mixture of named sources)")
+        unknown = sorted(set(mix) - set(names))
+        if unknown:
+            fail(path, f"unknown source {unknown[0]!r} (sources: {', '.join(names)})")
+        if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            fail(path, f"weights must be >= 0 and sum to more than 0, got {mix}")
+    if r.schedule.wsd.decay_mix is not None and r.schedule.name != "wsd":
+        fail("schedule.wsd.decay_mix", f"needs schedule.name=wsd, got {r.schedule.name}")
+    if d.warn_epochs <= 0 or (d.max_epochs is not None and d.max_epochs <= 0):
+        fail("data.max_epochs", "warn_epochs and max_epochs must be positive")

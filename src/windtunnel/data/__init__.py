@@ -21,14 +21,17 @@ __all__ = ["DataBundle", "build_data", "build_tokenizer", "train_tokenizer", "To
 
 @dataclass
 class DataBundle:
-    train: TrainSampler
-    val: ValSampler
+    train: TrainSampler  # or a mixture.MixtureSampler
+    val: ValSampler  # or a mixture.MixtureVal
     manifest: dict
     path: Path  # the shard folder
 
 
 def build_data(recipe: Recipe, tok: Tokenizer) -> DataBundle:
     """Tokenize the recipe's corpus once (or reuse the cache) and return train/val samplers."""
+    if recipe.data.sources:  # a mixture of named sources (data/mixture.py)
+        from .mixture import build_mixture
+        return build_mixture(recipe, tok)
     root, manifest = build_shards(recipe.data, tok)
     t = recipe.train
     train = TrainSampler(open_split(root, manifest, "train"), t.seq_len, t.batch_size, t.grad_accum, t.seed)
