@@ -203,3 +203,13 @@ def test_resume_gives_the_uninterrupted_run(mixture_run, tmp_path):
     assert resumed["final_val_loss"] == full["final_val_loss"]
     assert resumed["val_loss_by_source"] == full["val_loss_by_source"]
     assert resumed["mixture"] == full["mixture"]
+
+
+def test_stdlib_domains_split_code_from_its_docstrings_and_comments():
+    from windtunnel.data.stdlib_domains import split_module
+
+    code, prose = split_module('"""Module doc."""\nimport os  # why os\n\n\ndef f(x):\n    """Say hi.\n\n    More."""\n'
+                               '    # a comment\n    return x + 1\n')
+    assert code == "import os\ndef f(x):\n    return x + 1\n"
+    assert prose == "Module doc.\nwhy os\nSay hi.\n\nMore.\na comment\n"
+    assert split_module("def (:\n") is None

@@ -31,7 +31,7 @@ def build_data(recipe: Recipe, tok: Tokenizer) -> DataBundle:
     """Tokenize the recipe's corpus once (or reuse the cache) and return train/val samplers."""
     if recipe.data.sources:  # a mixture of named sources (data/mixture.py)
         from .mixture import build_mixture
-        return build_mixture(recipe, tok)
+        return DataBundle(*build_mixture(recipe, tok))
     root, manifest = build_shards(recipe.data, tok)
     t = recipe.train
     train = TrainSampler(open_split(root, manifest, "train"), t.seq_len, t.batch_size, t.grad_accum, t.seed)

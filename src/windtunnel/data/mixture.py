@@ -35,7 +35,6 @@ from .sampler import PackedSequences, ValSampler
 from .shards import build_shards, open_split
 
 if TYPE_CHECKING:
-    from . import DataBundle
     from .tokenizers import Tokenizer
 
 NO_PHASE = 0  # boundary slot when the mix never changes (every slot uses the stable weights)
@@ -252,10 +251,8 @@ def source_config(data: DataConfig, name: str) -> DataConfig:
     return dataclasses.replace(data, sources=[], mix=None, **fields)
 
 
-def build_mixture(recipe: Recipe, tok: "Tokenizer") -> "DataBundle":
-    """Tokenize each source into its own cached shards; a MixtureSampler over them."""
-    from . import DataBundle
-
+def build_mixture(recipe: Recipe, tok: "Tokenizer") -> tuple[MixtureSampler, MixtureVal, dict, Path]:
+    """Tokenize each source into its own cached shards: (train, val, manifest, cache folder) of a DataBundle."""
     t, names = recipe.train, [s.name for s in recipe.data.sources]
     train, val, manifests = [], {}, {}
     for name in names:
@@ -263,5 +260,5 @@ def build_mixture(recipe: Recipe, tok: "Tokenizer") -> "DataBundle":
         train.append(PackedSequences(open_split(root, manifest, "train"), t.seq_len, t.batch_size))
         val[name] = ValSampler(open_split(root, manifest, "val"), t.seq_len, t.batch_size, t.eval_batches)
         manifests[name] = {**manifest, "path": str(root)}
-    return DataBundle(train=MixtureSampler(names, train, recipe), val=MixtureVal(val),
-                      manifest={"sources": manifests}, path=Path(recipe.data.cache_dir).expanduser())
+    return MixtureSampler(names, train, recipe), MixtureVal(val), {"sources": manifests}, \
+        Path(recipe.data.cache_dir).expanduser()
