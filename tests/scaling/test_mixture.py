@@ -34,7 +34,15 @@ def test_recovers_the_known_optimum_with_an_interval_covering_it():
     for name, true in zip(NAMES, OPTIMUM):
         lo, hi = report["ci"][name]
         assert lo <= true <= hi and hi - lo < 0.2
-    assert report["loo_rmse"] < 0.01
+    assert report["loo_rmse"] < 0.01 and report["warnings"] == []
+
+
+def test_warns_when_the_proxies_do_not_resolve_the_objective():
+    points = synthetic(noise=0.0)
+    rng = np.random.default_rng(5)
+    points.losses = {n: 3.0 + 0.05 * rng.standard_normal(len(points.weights)) for n in NAMES}  # noise only
+    report = propose(points, parse_objective("mean", NAMES), bootstrap=0)
+    assert "do not resolve this objective" in report["warnings"][0]
 
 
 def test_one_source_objective_moves_the_optimum_towards_that_source():

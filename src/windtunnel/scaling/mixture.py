@@ -141,12 +141,22 @@ def propose(points: MixturePoints, objective: dict[str, float], model: str = "au
         "loo_rmse": loo_rmse(points, objective, model), "level": level,
         "coefficients": coef.tolist(),
     }
+    report["warnings"] = fit_warnings(report, observed)
     if len(chosen) >= 2:
         w = np.array(chosen)
         report["ci"] = {"predicted_objective": [float(np.percentile(at_best, q)), float(np.percentile(at_best, 100 - q))],
                         **{n: [float(np.percentile(w[:, i], q)), float(np.percentile(w[:, i], 100 - q))]
                            for i, n in enumerate(points.names)}}
     return report
+
+
+def fit_warnings(report: dict, observed: np.ndarray) -> list[str]:
+    """A regression that predicts held-out runs no better than their spread says nothing about the mix."""
+    spread = float(np.std(observed))
+    if report["loo_rmse"] is not None and report["loo_rmse"] >= spread:
+        return [f"leave-one-out RMSE {report['loo_rmse']:.4f} >= the objective's spread over runs {spread:.4f}: "
+                "the proxies do not resolve this objective (train them longer, or add runs)"]
+    return []
 
 
 def loo_rmse(points: MixturePoints, objective: dict[str, float], model: str) -> float | None:
@@ -230,5 +240,6 @@ def format_mixture(report: dict) -> str:
              f"  best proxy run: {report['best_observed']['run']} ({report['best_observed']['objective']:.4f})"]
     if report["loo_rmse"] is not None:
         lines.append(f"  leave-one-out RMSE: {report['loo_rmse']:.4f}")
+    lines += [f"  warning: {w}" for w in report.get("warnings", [])]
     lines += [f"wrote {path}" for path in [*report["plots"], report["emitted_recipe"]] if path]
     return "\n".join(lines)
