@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from windtunnel import Recipe, Trainer
@@ -28,6 +29,7 @@ def test_module_entry_point_help():
     assert out.returncode == 0 and "train" in out.stdout and "export" in out.stdout
 
 
+@pytest.mark.slow
 def test_wandb_offline_without_key(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

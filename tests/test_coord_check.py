@@ -4,7 +4,13 @@ import json
 import pytest
 
 from windtunnel import Recipe
-from windtunnel.coord_check import coord_check, main, spread, width_recipe
+from windtunnel.coord_check import coord_check, spread, width_recipe
+from windtunnel.cli import main as cli_main
+
+
+def main(argv: list[str]) -> int:
+    """The subcommand through the CLI's error boundary, as a user runs it."""
+    return cli_main(["coord-check", *argv])
 from windtunnel.recipe import RecipeError
 
 

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from windtunnel import Trainer
-from windtunnel.generate import generate, main, sample_next, speculative_generate
+from windtunnel.generate import generate, sample_next, speculative_generate
+from windtunnel.cli import main as cli_main
+
+
+def main(argv: list[str]) -> int:
+    """The subcommand through the CLI's error boundary, as a user runs it."""
+    return cli_main(["generate", *argv])
 from windtunnel.models import build_model
 
 V = 29

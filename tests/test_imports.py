@@ -91,8 +91,8 @@ def test_module_import_graph_is_acyclic():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("module", sorted(MODULES))
+@pytest.mark.slow  # one fresh interpreter per module (~3 s each with torch)
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.endswith("__main__")))  # that one runs the CLI
 def test_module_imports_alone(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=300)

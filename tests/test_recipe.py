@@ -91,3 +91,79 @@ def test_shipped_recipes_load():
     assert any(p.name == "smoke.yaml" for p in files)
     for p in files:
         Recipe.load(p)
+
+
+# ----------------------------------------------------------------------------- every number is checked
+
+
+def number_kind(tp) -> tuple[str, bool] | None:
+    """('int' | 'float', is_list) when the annotation holds a number, else None."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        inner = number_kind(args[0])
+        return (inner[0], True) if inner else None
+    if origin in (typing.Union, types.UnionType):
+        return next((k for k in map(number_kind, args) if k), None)
+    return {float: ("float", False), int: ("int", False)}.get(tp)
+
+
+def numeric_keys(cls=Recipe, prefix=""):
+    """(dotted key, 'int' | 'float', is_list) for every number field of the recipe tree."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from numeric_keys(tp, f"{prefix}{f.name}.")
+        elif kind := number_kind(tp):
+            yield f"{prefix}{f.name}", *kind
+
+
+NUMERIC = list(numeric_keys())
+
+
+def test_numeric_keys_found_and_every_bound_names_a_real_key():
+    from windtunnel.validation import RECIPE_BOUNDS
+
+    keys = {k for k, _, _ in NUMERIC}
+    assert {"optim.lr", "train.threads", "model.mup.input_mult", "schedule.wsd.branches", "optim.betas"} <= keys
+    assert set(RECIPE_BOUNDS) <= keys, set(RECIPE_BOUNDS) - keys  # a typo there would check nothing
+
+
+@pytest.mark.parametrize("key, kind, is_list", NUMERIC, ids=[k for k, _, _ in NUMERIC])
+def test_every_number_refuses_nan_inf_and_negatives(tmp_path, key, kind, is_list):
+    from windtunnel.recipe import apply_override
+
+    bad_values = ([".nan", ".inf", "-.inf"] if kind == "float" else []) + \
+        (["-1"] if key != "schedule.power.b" else [])
+    for bad in bad_values:
+        raw = {"train": {"steps": 10}}
+        apply_override(raw, f"{key}=[{bad}]" if is_list else f"{key}={bad}")
+        if key in ("train.steps", "train.tokens"):
+            raw["train"] = {key.split(".")[1]: raw["train"][key.split(".")[1]]}
+        with pytest.raises(RecipeError) as e:
+            Recipe.from_dict(raw, source="r.yaml")
+        assert str(e.value).startswith(f"r.yaml: {key}"), (bad, str(e.value))
+
+
+def test_a_number_field_without_a_listed_bound_must_be_non_negative_and_finite():
+    from dataclasses import dataclass
+
+    from windtunnel.validation import check_numbers
+
+    @dataclass
+    class Later:  # a field added after the bounds table was written
+        new_knob: float = 1.0
+
+    def fail(key, msg):
+        raise RecipeError(f"{key}: {msg}")
+
+    check_numbers(Later(), {}, fail)
+    for value, msg in [(-0.5, "new_knob: must be >= 0, got -0.5"), (float("nan"), "new_knob: must be finite")]:
+        with pytest.raises(RecipeError, match=msg):
+            check_numbers(Later(value), {}, fail)

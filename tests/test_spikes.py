@@ -154,7 +154,7 @@ def test_rewinds_past_max_skips_halt(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize("key, value, msg", [("spike_threshold", 0, "positive"), ("spike_window", 0, ">= 1"),
+@pytest.mark.parametrize("key, value, msg", [("spike_threshold", 0, "positive"), ("spike_window", 0, "spike_window: must be positive"),
                                              ("spike_policy", "retry", "spike_policy")])
 def test_bad_spike_keys_are_one_line_errors(key, value, msg):
     with pytest.raises(RecipeError, match=msg):

@@ -7,15 +7,19 @@
     windtunnel fit SOURCE ...          (scaling-law fitter; see `windtunnel fit -h`)
     windtunnel sweep SWEEP.yaml ...    (proxy sweeps; see `windtunnel sweep -h`)
 
-Bad input exits 2 with a one-line error; a halted run (non-finite loss) exits 1.
+Exit codes: 0 done; 1 a halted run (non-finite loss); 2 bad input: one line naming the key, file or
+path and the reason (recipe, data, file system, missing package, unreachable dataset). A bug keeps its
+traceback; `--debug` (anywhere on the line) or WINDTUNNEL_DEBUG=1 shows it for bad input too.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from pathlib import Path
 
+from .errors import check_writable, debug_requested, run_command
 from .recipe import Recipe, RecipeError
 
 # Subcommands whose argument parsing lives with their feature: name -> module with main(argv) -> int.
@@ -36,6 +40,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="windtunnel", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of expected errors too (also WINDTUNNEL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a recipe")
     _recipe_args(t)
@@ -63,11 +69,16 @@ def cmd_train(args) -> int:
 
     recipe = Recipe.load(args.recipe, args.overrides)
     out = args.out or recipe.out_dir or str(Path("runs") / Path(args.recipe).stem)
+    check_writable(out, "--out" if args.out else "out_dir")
     try:
         summary = Trainer(recipe, out_dir=out, resume=args.resume).fit()
     except TrainingHalted as e:
         print(f"windtunnel: halted: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a write that fails on a full disk names no file: name the run directory
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror, out) from e
+        raise
     val = summary.get("final_val_loss")
     print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, train loss "
           f"{summary['final_train_loss']:.4f}, val loss {val if val is None else f'{val:.4f}'}, "
@@ -78,7 +89,11 @@ def cmd_train(args) -> int:
 def cmd_schedule(args) -> int:
     from .schedules import plot_schedule
 
-    plot_schedule(Recipe.load(args.recipe, args.overrides), args.png, args.world_size)
+    recipe = Recipe.load(args.recipe, args.overrides)
+    if args.world_size < 1:
+        raise RecipeError(f"--world-size: must be positive, got {args.world_size}")
+    check_writable(args.png, "--png", directory=False)
+    plot_schedule(recipe, args.png, args.world_size)
     print(f"wrote {args.png}")
     return 0
 
@@ -94,6 +109,7 @@ def cmd_tokenizer(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
+    check_writable(args.out_dir, "out_dir")
     out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint)
     print(f"exported to {out}")
     return 0
@@ -104,14 +120,14 @@ COMMANDS = {"train": cmd_train, "schedule": cmd_schedule, "tokenizer": cmd_token
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or debug_requested()
+    argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in DELEGATED:
-        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        name, rest = argv[0], argv[1:]
+        return run_command(lambda: importlib.import_module(DELEGATED[name]).main(rest),
+                           prog=f"windtunnel {name}", debug=debug)
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (RecipeError, FileNotFoundError) as e:
-        print(f"windtunnel: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: COMMANDS[args.command](args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -213,11 +213,7 @@ def run(args: argparse.Namespace) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except (RecipeError, ValueError, FileNotFoundError) as e:
-        print(f"windtunnel coord-check: error: {e}", file=sys.stderr)
-        return 2
+    run(args)  # bad input raises RecipeError: cli.py's boundary prints it as one line (exit 2)
     return 0
 
 

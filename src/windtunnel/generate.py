@@ -64,7 +64,7 @@ def sample_next(logits_V: torch.Tensor, temperature: float = 0.0, top_p: float =
 
 def _budget(model: nn.Module, prompt: list[int], max_new_tokens: int) -> int:
     if not prompt:
-        raise ValueError("prompt: needs at least one token")
+        raise RecipeError("prompt: needs at least one token")
     return max(0, min(max_new_tokens, model.cfg.max_seq_len - len(prompt)))
 
 
@@ -149,29 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args) -> None:
     if args.max_new_tokens <= 0:
-        raise ValueError(f"--max-new-tokens: must be positive, got {args.max_new_tokens}")
+        raise RecipeError(f"--max-new-tokens: must be positive, got {args.max_new_tokens}")
     if not 0.0 < args.top_p <= 1.0:
-        raise ValueError(f"--top-p: must be in (0, 1], got {args.top_p}")
+        raise RecipeError(f"--top-p: must be in (0, 1], got {args.top_p}")
     if args.speculative and args.temperature > 0:
-        raise ValueError("--speculative: decodes greedily; drop --temperature (or set it to 0)")
+        raise RecipeError("--speculative: decodes greedily; drop --temperature (or set it to 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        _check_args(args)
-        model, recipe = load_run(args.run_dir, args.checkpoint)
-        model.to(args.device)
-        tok = build_tokenizer(recipe)
-        prompt = tok.encode(args.prompt)
-        if args.speculative:
-            result = speculative_generate(model, prompt, args.max_new_tokens, eos_id=tok.eos_id)
-        else:
-            result = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, eos_id=tok.eos_id, seed=args.seed)
-    except (RecipeError, ValueError, FileNotFoundError) as e:
-        print(f"windtunnel generate: error: {e}", file=sys.stderr)
-        return 2
+    _check_args(args)
+    model, recipe = load_run(args.run_dir, args.checkpoint)
+    model.to(args.device)
+    tok = build_tokenizer(recipe)
+    prompt = tok.encode(args.prompt)
+    if args.speculative:
+        result = speculative_generate(model, prompt, args.max_new_tokens, eos_id=tok.eos_id)
+    else:
+        result = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, eos_id=tok.eos_id, seed=args.seed)
     print(args.prompt + tok.decode(result.tokens))
     print(f"{len(result.tokens)} tokens, {result.forwards} forward passes "
           f"({result.tokens_per_forward:.2f} tokens/pass), {result.seconds:.2f} s "

@@ -17,9 +17,8 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A bad recipe: the message is one line naming the file and key path."""
+from .errors import RecipeError  # noqa: F401 - defined with the error boundary, imported from here by most modules
+from .validation import validate  # the semantic checks, run by Recipe.from_dict
 
 
 # ----------------------------------------------------------------------------- sections
@@ -213,6 +212,9 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # see compile.py
+    compile_scope: Literal["model", "blocks"] = "model"  # blocks = each transformer block on its own
+    compile_static: bool = False  # dynamic=False: static shapes (implied by reduce-overhead)
     nan_policy: Literal["halt", "skip"] = "halt"
     max_skips: int = 10  # with nan_policy=skip: halt after this many consecutive bad steps
     # Loss spikes (spikes.py): a step whose loss is over spike_threshold standard deviations above its
@@ -317,9 +319,11 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path in _seen:
         raise RecipeError(f"{path}: extends: cycle through {' -> '.join(map(str, _seen))}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -446,127 +450,3 @@ def _number(text: str) -> Any:
         return float(text.replace("_", ""))
     except ValueError:
         return text
-
-
-# ----------------------------------------------------------------------------- semantic checks
-
-
-def validate(r: Recipe, source: str) -> None:
-    def fail(path: str, msg: str) -> None:
-        raise RecipeError(f"{source}: {path}: {msg}")
-
-    m, t = r.model, r.train
-    positive = {
-        "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-        "model.kv_heads": m.kv_heads, "model.ffn_dim": m.ffn_dim, "model.mup.base_width": m.mup.base_width,
-        "train.batch_size": t.batch_size, "train.seq_len": t.seq_len, "train.grad_accum": t.grad_accum,
-        "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
-        "train.keep_ckpts": t.keep_ckpts, "logging.log_every": r.logging.log_every,
-        "optim.lr": r.optim.lr, "model.rope_theta": m.rope_theta, "model.mtp.n_future": m.mtp.n_future,
-    }
-    for path, v in positive.items():
-        if v is not None and v <= 0:
-            fail(path, f"must be positive, got {v}")
-    for path, v in {"model.vocab_size": m.vocab_size, "train.ckpt_every": t.ckpt_every,
-                    "train.clip": t.clip, "optim.weight_decay": r.optim.weight_decay,
-                    "model.z_loss": m.z_loss, "model.max_seq_len": m.max_seq_len, "model.loss_chunk": m.loss_chunk,
-                    "model.moe.num_experts": m.moe.num_experts}.items():
-        if v < 0:
-            fail(path, f"must be >= 0, got {v}")
-    if m.n_heads % m.kv_heads:
-        fail("model.n_heads", f"{m.n_heads} is not divisible by model.n_kv_heads={m.kv_heads}")
-    if m.d_model % m.n_heads:
-        fail("model.d_model", f"{m.d_model} is not divisible by model.n_heads={m.n_heads}")
-    if m.head_dim % 2:
-        fail("model.d_model", f"head dim {m.head_dim} must be even for RoPE")
-    if (t.steps is None) == (t.tokens is None):
-        fail("train.steps", "set exactly one of train.steps and train.tokens")
-    for path, v in {"train.steps": t.steps, "train.tokens": t.tokens}.items():
-        if v is not None and v <= 0:
-            fail(path, f"must be positive, got {v}")
-    s = r.schedule
-    fracs = {"schedule.warmup_frac": s.warmup_frac, "schedule.min_lr_ratio": s.min_lr_ratio,
-             "schedule.wsd.decay_frac": s.wsd.decay_frac, "schedule.power.decay_frac": s.power.decay_frac,
-             "data.val_fraction": r.data.val_fraction}
-    for path, v in fracs.items():
-        if not 0.0 <= v <= 1.0:
-            fail(path, f"must be in [0, 1], got {v}")
-    if s.warmup_frac + (s.wsd.decay_frac if s.name == "wsd" else 0.0) > 1.0:
-        fail("schedule.warmup_frac", "warmup_frac + wsd.decay_frac exceeds 1")
-    if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
-        fail("optim.betas", f"expected two values in [0, 1), got {r.optim.betas}")
-    if r.data.source == "files" and not r.data.paths:
-        fail("data.paths", "source=files needs at least one path or glob")
-    if r.data.source == "hf" and not r.data.dataset:
-        fail("data.dataset", "source=hf needs a dataset name or path")
-    if r.tokenizer.kind == "hf" and not r.tokenizer.path:
-        fail("tokenizer.path", "kind=hf needs a tokenizer name or path")
-    _validate_moe_mtp(m, fail)
-    d = r.distributed
-    if not 0 <= d.zero_stage <= 3:
-        fail("distributed.zero_stage", f"must be 0-3, got {d.zero_stage}")
-    if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
-        fail("distributed.nvme_path", "nvme offload needs distributed.nvme_path")
-    if t.spike_threshold <= 0:
-        fail("train.spike_threshold", f"must be positive, got {t.spike_threshold}")
-    if t.spike_window < 1:
-        fail("train.spike_window", f"must be >= 1, got {t.spike_window}")
-    if t.spike_policy == "skip" and d.strategy == "deepspeed":
-        fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
-                                   "use log or rewind")
-    # ---- data mixtures (data/mixture.py); kept separate from the checks above
-    _validate_mixture(r, fail)
-
-
-def _validate_moe_mtp(m: ModelConfig, fail) -> None:
-    e = m.moe
-    if e.num_experts:
-        if not 1 <= e.top_k <= e.num_experts:
-            fail("model.moe.top_k", f"must be in [1, num_experts={e.num_experts}], got {e.top_k}")
-        if e.every <= 0:
-            fail("model.moe.every", f"must be positive, got {e.every}")
-        if e.expert_hidden is not None and e.expert_hidden <= 0:
-            fail("model.moe.expert_hidden", f"must be positive, got {e.expert_hidden}")
-        if e.shared_experts < 0 or e.first_dense < 0:
-            fail("model.moe", "shared_experts and first_dense must be >= 0")
-    w = m.mtp.weights
-    if w is not None and len(w) != m.mtp.n_future - 1:
-        fail("model.mtp.weights", f"needs n_future-1={m.mtp.n_future - 1} values, got {len(w)}")
-
-
-def _validate_mixture(r: Recipe, fail) -> None:
-    """data.sources / data.mix / schedule.wsd.decay_mix: named, non-negative, and naming known sources."""
-    d = r.data
-    names = [s.name for s in d.sources]
-    for i, s in enumerate(d.sources):
-        if not s.name or not s.name.replace("_", "").replace("-", "").isalnum():
-            fail(f"data.sources[{i}].name", f"needs a name of letters, digits, _ or -, got {s.name!r}")
-        if s.weight < 0:
-            fail(f"data.sources[{i}].weight", f"must be >= 0, got {s.weight}")
-        if s.source == "files" and not s.paths:
-            fail(f"data.sources[{i}].paths", "source=files needs at least one path or glob")
-        if s.source == "hf" and not s.dataset:
-            fail(f"data.sources[{i}].dataset", "source=hf needs a dataset name or path")
-    if len(set(names)) != len(names):
-        fail("data.sources", f"source names must be unique, got {names}")
-    if d.sources:
-        flat = {f.name: getattr(d, f.name) for f in dataclasses.fields(SourceFields)}
-        moved = [k for k, v in flat.items() if v != getattr(SourceFields(), k)]
-        if moved:
-            fail(f"data.{moved[0]}", "set it on each entry of data.sources (a mixture has no top-level source)")
-        if sum(s.weight for s in d.sources) <= 0 and not d.mix:
-            fail("data.sources", "weights sum to 0")
-    for path, mix in (("data.mix", d.mix), ("schedule.wsd.decay_mix", r.schedule.wsd.decay_mix)):
-        if mix is None:
-            continue
-        if not d.sources:
-            fail(path, "needs data.sources (a mixture of named sources)")
-        unknown = sorted(set(mix) - set(names))
-        if unknown:
-            fail(path, f"unknown source {unknown[0]!r} (sources: {', '.join(names)})")
-        if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-            fail(path, f"weights must be >= 0 and sum to more than 0, got {mix}")
-    if r.schedule.wsd.decay_mix is not None and r.schedule.name != "wsd":
-        fail("schedule.wsd.decay_mix", f"needs schedule.name=wsd, got {r.schedule.name}")
-    if d.warn_epochs <= 0 or (d.max_epochs is not None and d.max_epochs <= 0):
-        fail("data.max_epochs", "warn_epochs and max_epochs must be positive")

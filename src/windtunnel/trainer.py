@@ -25,6 +25,7 @@ from torch import nn
 from . import accounting, checkpoint, distributed
 from .branches import DecayBranches
 from .callbacks import Callback, Checkpointer, Evaluator, TrainState
+from .compile import apply_compile
 from .distributed import build_accelerator
 from .metrics import MetricsLogger
 from .optim import set_lr
@@ -176,7 +177,7 @@ class Trainer:
         model = distributed.wrap_model(model, r, acc)
         optimizer = distributed.build_optimizer(model, r, acc)
         if r.train.compile:
-            model = torch.compile(model)
+            model = apply_compile(model, r)
         self.model, self.optimizer = distributed.prepare(acc, model, optimizer, r)
         # FLOPs are known for the models the recipe builds; a user's module may be anything
         known = self._user_model is None

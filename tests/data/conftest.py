@@ -1,15 +1,10 @@
-"""Shared helpers for the data-pipeline tests: small recipes and corpora written under tmp_path."""
-import os
+"""Shared helpers for the data-pipeline tests: small recipes and corpora written under tmp_path.
+(The root tests/conftest.py keeps the Hub offline before `datasets` is imported.)"""
+from pathlib import Path
 
-# Tests never reach the Hub; set before `datasets` is imported so its config sees it.
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
 
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from windtunnel.recipe import Recipe  # noqa: E402
+from windtunnel.recipe import Recipe
 
 
 @pytest.fixture

@@ -137,3 +137,12 @@ def test_split_puts_at_least_one_document_in_val():
     assert [v for _, v in split_documents(iter(_docs(2)), 1e-9)].count(True) == 1
     assert [v for _, v in split_documents(iter(_docs(1)), 0.5)] == [False]
     assert not any(v for _, v in split_documents(iter(_docs(5)), 0.0))
+
+
+def test_unreachable_hf_dataset_is_one_line_naming_data_dataset(make_recipe):
+    from windtunnel.errors import DataError
+
+    cfg = make_recipe({"source": "hf", "dataset": "nobody/no-such-dataset"}).data  # tests run offline
+    with pytest.raises(DataError, match=r"^data.dataset: cannot load 'nobody/no-such-dataset' \(") as e:
+        sources.load_hf_dataset(cfg)
+    assert "\n" not in str(e.value)

@@ -50,6 +50,7 @@ def test_table_rows(bench):
     assert "| none | none fits (up to 4 layers tried)" in text
 
 
+@pytest.mark.slow
 def test_dry_run_plans_every_config(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--dry-run", "--nvme-path", str(tmp_path),
                            "--configs", "none,zero2_cpu,zero3_cpu,zero3_nvme"],

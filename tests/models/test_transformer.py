@@ -103,3 +103,12 @@ def test_registry_custom_arch_and_unknown_name(cfg, model_registry):
     assert isinstance(build_model(cfg(arch="tiny_test_arch")), torch.nn.Linear)
     with pytest.raises(RecipeError, match="unknown architecture 'nope'"):
         build_model(cfg(arch="nope"))
+
+
+def test_structure_rules_live_on_the_model_config(cfg):
+    c = cfg(n_layers=5, moe={"num_experts": 4, "first_dense": 1, "every": 2})
+    assert c.moe_layers == [1, 3] and [b.is_moe for b in build_model(c).blocks] == [False, True, False, True, False]
+    assert c.expert_dim == c.ffn_dim == 192  # 8/3 * 64 rounded up to a multiple of 64
+    assert cfg(moe={"num_experts": 4, "expert_hidden": 16}).expert_dim == 16
+    assert c.dense().moe_layers == [] and c.moe_layers == [1, 3]  # a copy; the original keeps its experts
+    assert (c.kv_heads, cfg(n_kv_heads=1).kv_heads, c.mtp_depths) == (4, 1, 0)

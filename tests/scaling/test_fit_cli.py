@@ -16,6 +16,7 @@ from .test_hparams import lr_grid
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_sweep_to_report_plots_and_recipe(sweep_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code = main([str(sweep_dir), "--law", "chinchilla", "--target-flops", "1e23", "--bootstrap", "10",

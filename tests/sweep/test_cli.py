@@ -4,7 +4,11 @@ import shutil
 import pytest
 import yaml
 
-from windtunnel.sweep.cli import main
+from windtunnel.cli import main as windtunnel_main
+
+
+def main(argv: list[str]) -> int:
+    return windtunnel_main(["sweep", *argv])
 
 
 @pytest.fixture
@@ -44,6 +48,7 @@ def test_bad_input_exits_2_with_one_line(sweep_file, capsys):
     assert main([str(sweep_file), "--dry-run", "--only", "nope*"]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_and_resumes(sweep_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(sweep_file)]) == 0

@@ -103,6 +103,16 @@ def test_table_and_manifest(tmp_path):
     assert m["total_gpu_hours"] == pytest.approx(2 * hours)
 
 
+def test_every_sweep_bound_names_a_real_key():
+    import dataclasses
+
+    from windtunnel.sweep.plan import SWEEP_BOUNDS, EstimateConfig, ExecutorConfig, ScaleAxis
+
+    keys = {f"{prefix}{f.name}" for prefix, cls in (("executor.", ExecutorConfig), ("estimate.", EstimateConfig),
+                                                     ("sweep.scale.", ScaleAxis)) for f in dataclasses.fields(cls)}
+    assert set(SWEEP_BOUNDS) <= keys, set(SWEEP_BOUNDS) - keys
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"sweeps": {}}, "unknown key sweeps (did you mean sweep?)"),
     ({"sweep": {"gird": {}}}, "unknown axis sweep.gird (did you mean sweep.grid?)"),
@@ -113,10 +123,19 @@ def test_table_and_manifest(tmp_path):
     ({"sweep": {"grid": {"optim.lr": [-1.0]}}}, "[run lr-1]: optim.lr: must be positive"),
     ({"sweep": {"scale": {"widths": [64], "params": [1e6]}}}, "set exactly one of widths and params"),
     ({"sweep": {"scale": {"widths": [64], "flops": [1e12], "tokens_per_param": 20}}}, "set at most one"),
-    ({"sweep": {"scale": {"widths": [64], "branch_fracs": [1.5]}}}, "branch_fracs: expected values in (0, 1)"),
+    ({"sweep": {"scale": {"widths": [64], "branch_fracs": [1.5]}}}, "sweep.scale.branch_fracs[0]: must be in (0, 1), got 1.5"),
+    ({"sweep": {"scale": {"widths": [64, -8]}}}, "sweep.scale.widths[1]: must be positive, got -8"),
+    ({"sweep": {"scale": {"widths": [64], "aspect": 0}}}, "sweep.scale.aspect: must be positive, got 0.0"),
+    ({"sweep": {"scale": {"widths": [64], "tokens_per_param": float("nan")}}}, "sweep.scale.tokens_per_param[0]: must be finite"),
     ({"sweep": {"scale": {"widths": [64], "aspect": "wide"}}}, "sweep.scale.aspect: expected float"),
     ({"estimate": {"mfu": 2}}, "estimate.mfu: must be in (0, 1]"),
     ({"executor": {"kind": "k8s"}}, "executor.kind: 'k8s' is not one of local, slurm"),
+    ({"out_dir": 5}, "out_dir: expected a string, got 5"),
+    ({"executor": {"gpus": -3}}, "executor.gpus: must be >= 0, got -3"),
+    ({"executor": {"kind": "slurm", "gpus_per_run": 0}}, "executor.gpus_per_run: must be positive, got 0"),
+    ({"executor": {"time_min": -60}}, "executor.time_min: must be positive, got -60"),
+    ({"executor": {"mem_gb": float("inf")}}, "executor.mem_gb: must be finite, got inf"),
+    ({"estimate": {"peak_tflops": -1}}, "estimate.peak_tflops: must be positive, got -1"),
 ])
 def test_bad_sweeps_fail_with_one_line(tmp_path, sweep, message):
     with pytest.raises(RecipeError) as err:

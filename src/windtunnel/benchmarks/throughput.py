@@ -112,7 +112,7 @@ def hf_model(cfg):
         m = cfg.moe
         if m.shared_experts or m.first_dense or m.every != 1:
             raise ValueError("Mixtral has no shared experts or dense layers; bench MoE presets need neither")
-        config = transformers.MixtralConfig(intermediate_size=m.expert_hidden or cfg.ffn_dim,
+        config = transformers.MixtralConfig(intermediate_size=cfg.expert_dim,
                                             num_local_experts=m.num_experts, num_experts_per_tok=m.top_k,
                                             **common)
         return transformers.MixtralForCausalLM(config)

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from ..recipe import DataConfig, Recipe, RecipeError, SourceFields
+from ..errors import DataError, RecipeError
+from ..recipe import DataConfig, Recipe, SourceFields
 from ..schedules import Schedule
 from .sampler import PackedSequences, ValSampler
 from .shards import build_shards, open_split
@@ -95,7 +96,7 @@ class MixtureSampler:
         self.seq_len, self.batch_size, self.grad_accum, self.seed = t.seq_len, t.batch_size, t.grad_accum, t.seed
         for name, src in zip(names, sources):
             if src.n_seqs == 0:
-                raise RecipeError(f"data.sources: {name!r} has {src.n_tokens} train tokens, too few for one "
+                raise DataError(f"data.sources: {name!r} has {src.n_tokens} train tokens, too few for one "
                                   f"sequence of train.seq_len+1 = {t.seq_len + 1} tokens")
         self.stable = mix_weights(recipe.data)
         decay = recipe.schedule.wsd.decay_mix

@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 
 class PackedSequences:
     """Fixed-length (seq_len + 1)-token windows over a list of token arrays (memmaps)."""
@@ -45,7 +47,7 @@ class TrainSampler(PackedSequences):
     def __init__(self, shards: list[np.ndarray], seq_len: int, batch_size: int, grad_accum: int, seed: int):
         super().__init__(shards, seq_len, batch_size)
         if self.n_seqs == 0:
-            raise ValueError(f"train split has {self.n_tokens} tokens, too few for one sequence of "
+            raise DataError(f"train split has {self.n_tokens} tokens, too few for one sequence of "
                              f"train.seq_len+1 = {seq_len + 1} tokens (add data or lower train.seq_len)")
         self.grad_accum = grad_accum
         self.seed = seed

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from ..errors import check_writable
 from ..recipe import DataConfig
 from .sources import Document, describe_source, fingerprint, iter_documents, source_stamp, split_documents
 from .tokenizers import Tokenizer
@@ -48,6 +49,7 @@ def build_shards(cfg: DataConfig, tok: Tokenizer, shard_tokens: int = SHARD_TOKE
     key, stamp = cache_key(cfg, tok)
     cache = Path(cfg.cache_dir).expanduser()
     root = cache / key
+    check_writable(cache, "data.cache_dir")
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / f".{key}.lock")):
         manifest = read_manifest(root, key)

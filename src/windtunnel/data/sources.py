@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from ..recipe import DataConfig, RecipeError
+from ..errors import DataError, RecipeError, one_line
+from ..recipe import DataConfig
 
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # third-party code differs per machine
 TEST_DIRS = {"test", "tests"}
@@ -189,26 +190,29 @@ def _parse_json(text: str, where: object) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
 
 
 def _text_of(row: object, field: str, doc_id: str) -> Iterator[Document]:
     if not isinstance(row, dict) or field not in row:
-        raise ValueError(f"{doc_id}: no field {field!r} (set data.text_field)")
+        raise DataError(f"{doc_id}: no field {field!r} (set data.text_field)")
     value = row[field]
     if value is None:
         return
     if not isinstance(value, str):
-        raise ValueError(f"{doc_id}: field {field!r} is {type(value).__name__}, expected text")
+        raise DataError(f"{doc_id}: field {field!r} is {type(value).__name__}, expected text")
     yield Document(doc_id, value)
 
 
 def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
+    try:
+        table = pq.ParquetFile(path)
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid / ArrowIOError
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(str(e))})") from None
     if field not in table.schema_arrow.names:
-        raise ValueError(f"{path}: no column {field!r} (set data.text_field; columns: "
+        raise DataError(f"{path}: no column {field!r} (set data.text_field; columns: "
                          f"{', '.join(table.schema_arrow.names)})")
     row = 0
     for batch in table.iter_batches(batch_size=ROW_BATCH, columns=[field]):
@@ -222,7 +226,24 @@ def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
 
 
 def load_hf_dataset(cfg: DataConfig):
-    """A `datasets` Dataset/IterableDataset: saved dir -> load_from_disk; data file -> its builder."""
+    """A `datasets` Dataset/IterableDataset: saved dir -> load_from_disk; data file -> its builder.
+
+    A dataset that cannot be found or reached (offline, no cache, bad config or split name) is a
+    DataError naming data.dataset, not a traceback from deep inside `datasets`.
+    """
+    try:
+        return _load_hf_dataset(cfg)
+    except RecipeError:
+        raise
+    except (ConnectionError, FileNotFoundError, ValueError) as e:
+        offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0") or \
+            os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        hint = "; offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), only local or cached datasets load" if offline else ""
+        reason = one_line(str(e)) or type(e).__name__
+        raise DataError(f"data.dataset: cannot load {cfg.dataset!r} ({reason}){hint}") from None
+
+
+def _load_hf_dataset(cfg: DataConfig):
     import datasets
 
     local = Path(cfg.dataset).expanduser()
@@ -243,14 +264,14 @@ def _hf_documents(cfg: DataConfig) -> Iterator[Document]:
     ds = load_hf_dataset(cfg)
     columns = ds.column_names
     if columns is not None and cfg.text_field not in columns:
-        raise ValueError(f"data.text_field: no column {cfg.text_field!r} in {cfg.dataset} "
+        raise DataError(f"data.text_field: no column {cfg.text_field!r} in {cfg.dataset} "
                          f"(columns: {', '.join(columns)})")
     if columns is not None:
         ds = ds.select_columns([cfg.text_field])
     index = 0
     for batch in ds.iter(batch_size=ROW_BATCH):
         if cfg.text_field not in batch:
-            raise ValueError(f"data.text_field: no column {cfg.text_field!r} in {cfg.dataset}")
+            raise DataError(f"data.text_field: no column {cfg.text_field!r} in {cfg.dataset}")
         for value in batch[cfg.text_field]:
             if value is not None:
                 yield Document(str(index), value)

@@ -151,9 +151,7 @@ def train_tokenizer(recipe: Recipe) -> Path:
 
     if recipe.tokenizer.kind != "bpe":
         raise RecipeError(f"tokenizer.kind: {recipe.tokenizer.kind!r} is not trainable (set tokenizer.kind=bpe)")
-    size = recipe.tokenizer.vocab_size
-    if size < 256 + 2:
-        raise RecipeError(f"tokenizer.vocab_size: {size} is too small for a byte-level BPE (needs >= 258)")
+    size = recipe.tokenizer.vocab_size  # >= 258 for kind=bpe (checked by recipe validation)
     target = bpe_dir(recipe)
     _check_overwritable(target)
     rust = RustTokenizer(models.BPE())

@@ -8,6 +8,8 @@ Balancing, each switchable by its coefficient:
 - load-balancing loss (Switch Transformers, Fedus et al. 2021): E * sum_i f_i * P_i, f_i = fraction of
   the N*k assignments sent to expert i, P_i = mean normalised score of i; 1 when perfectly balanced.
 - router z-loss (ST-MoE, Zoph et al. 2022): mean logsumexp(logits)^2.
+MoE.forward returns (output, this layer's statistics); `router_loss` turns the statistics of all MoE
+layers into the weighted loss and the logged metrics (no loss state is kept on the module).
 - aux-loss-free balancing (DeepSeek-V3): after each optimizer step b_i += rate * sign(mean load - load_i),
   then b is mean-centred. Loads are counted on device (no host sync) in a buffer.
 

@@ -1,17 +1,19 @@
 """`windtunnel sweep SWEEP.yaml [--dry-run | --status] ...`: plan, run and resume proxy sweeps.
 
 Exit codes: 0 every run completed (or a dry run / status), 1 some run failed or is still queued,
-2 bad input (one-line error).
+2 bad input (one-line error, printed by the error boundary of `windtunnel.cli`).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import json
-import sys
+import math
 from pathlib import Path
 
+from ..errors import check_writable
 from ..recipe import RecipeError
+from ..validation import NON_NEGATIVE, POSITIVE, Bound
 from . import executors
 from .plan import PlannedRun, SweepSpec, expand, load_sweep
 from .report import manifest, plan_table
@@ -34,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+FLAG_BOUNDS = {"gpus": NON_NEGATIVE, "mfu": Bound(0, 1, low_open=True), "peak_tflops": POSITIVE}
+
+
 def apply_flags(spec: SweepSpec, args) -> SweepSpec:
+    for name, bound in FLAG_BOUNDS.items():
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and bound.admits(value)):
+            raise RecipeError(f"--{name.replace('_', '-')}: must be {bound}, got {value}")
     if args.out:
         spec.out_dir = Path(args.out)
     if args.executor:
@@ -42,8 +51,6 @@ def apply_flags(spec: SweepSpec, args) -> SweepSpec:
     if args.gpus is not None:
         spec.executor.gpus = args.gpus
     if args.mfu is not None:
-        if not 0 < args.mfu <= 1:
-            raise RecipeError(f"--mfu: must be in (0, 1], got {args.mfu}")
         spec.estimate.mfu = args.mfu
     if args.gpu:
         spec.estimate.gpu = args.gpu
@@ -112,18 +119,16 @@ def run_sweep(spec: SweepSpec, plan: list[PlannedRun], runs: list[PlannedRun] | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors propagate to the boundary in `windtunnel.cli.main` (one line, exit 2)."""
     args = build_parser().parse_args(argv)
-    try:
-        spec = apply_flags(load_sweep(args.sweep, args.overrides), args)
-        plan = expand(spec)
-        runs = select(plan, args.only)
-        if args.status:
-            print(status_table(spec.out_dir, runs))
-            return 0
-        print(plan_table(runs, spec.estimate))
-        if args.dry_run:
-            return 0
-        return run_sweep(spec, plan, runs)
-    except (RecipeError, ValueError, FileNotFoundError) as e:
-        print(f"windtunnel sweep: error: {e}", file=sys.stderr)
-        return 2
+    spec = apply_flags(load_sweep(args.sweep, args.overrides), args)
+    plan = expand(spec)
+    runs = select(plan, args.only)
+    if args.status:
+        print(status_table(spec.out_dir, runs))
+        return 0
+    print(plan_table(runs, spec.estimate))
+    if args.dry_run:
+        return 0
+    check_writable(spec.out_dir, "--out" if args.out else "out_dir")
+    return run_sweep(spec, plan, runs)

@@ -24,6 +24,7 @@ import yaml
 
 from ..accounting import ParamCounts, count_params, flops_per_token
 from ..recipe import Recipe, RecipeError, build_dataclass, deep_merge, load_yaml_tree
+from ..validation import POSITIVE, Bound, check_numbers
 from . import families
 from .mixture_axis import mixture_points
 
@@ -98,6 +99,16 @@ class PlannedRun:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Numeric bounds of the sweep file's own sections (unlisted numbers must be >= 0; all must be finite).
+SWEEP_BOUNDS: dict[str, Bound] = {
+    **dict.fromkeys(["executor.gpus_per_run", "executor.time_min", "executor.cpus_per_task", "executor.mem_gb",
+                     "executor.max_parallel", "estimate.peak_tflops", "sweep.scale.widths", "sweep.scale.params",
+                     "sweep.scale.aspect", "sweep.scale.head_dim", "sweep.scale.depth",
+                     "sweep.scale.tokens_per_param", "sweep.scale.flops", "sweep.scale.tokens"], POSITIVE),
+    "estimate.mfu": Bound(0, 1, low_open=True),
+    "sweep.scale.branch_fracs": Bound(0, 1, low_open=True, high_open=True),
+}
+
 TOP_KEYS = ("name", "base", "recipe", "overrides", "sweep", "executor", "estimate", "out_dir")
 
 
@@ -106,9 +117,11 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     src = str(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as e:
         raise RecipeError(f"{src}: cannot read sweep file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{src}: not a YAML text file (byte {e.start} is not UTF-8)") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{src}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
@@ -127,20 +140,26 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise RecipeError(f"--set: expected key.path=value, got {item!r}")
         set_key(base, key.strip(), yaml.safe_load(text) if text.strip() else None)
     name = str(raw.get("name") or path.stem)
+    for key in ("name", "out_dir"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise RecipeError(f"{src}: {key}: expected a string, got {raw[key]!r}")
     axes = _check_axes(_mapping(raw.get("sweep"), src, "sweep"), src)
-    return SweepSpec(
+    spec = SweepSpec(
         name=name, path=path, base=base, axes=axes,
         executor=build_dataclass(ExecutorConfig, raw.get("executor"), src, "executor."),
-        estimate=_check_estimate(build_dataclass(EstimateConfig, raw.get("estimate"), src, "estimate."), src),
+        estimate=build_dataclass(EstimateConfig, raw.get("estimate"), src, "estimate."),
         out_dir=Path(raw.get("out_dir") or Path("sweeps") / name))
+    check_spec(spec)
+    return spec
 
 
-def _check_estimate(est: EstimateConfig, src: str) -> EstimateConfig:
-    if not 0 < est.mfu <= 1:
-        raise RecipeError(f"{src}: estimate.mfu: must be in (0, 1], got {est.mfu}")
-    if est.peak_tflops is not None and est.peak_tflops <= 0:
-        raise RecipeError(f"{src}: estimate.peak_tflops: must be positive, got {est.peak_tflops}")
-    return est
+def check_spec(spec: SweepSpec) -> None:
+    """Numbers of the executor and estimate sections (run again after command-line flags change them)."""
+    def fail(key: str, msg: str) -> None:
+        raise RecipeError(f"{spec.path}: {key}: {msg}")
+
+    check_numbers(spec.executor, SWEEP_BOUNDS, fail, "executor.")
+    check_numbers(spec.estimate, SWEEP_BOUNDS, fail, "estimate.")
 
 
 def _base_tree(raw: dict, path: Path) -> dict:
@@ -211,16 +230,19 @@ def _check_scale(raw: dict, src: str) -> ScaleAxis:
     raw = {k: [v] if k in ("widths", "params", "tokens_per_param", "flops", "tokens") and
            not isinstance(v, list) else v for k, v in raw.items()}
     s = build_dataclass(ScaleAxis, raw, src, "sweep.scale.")
+
+    def fail(key: str, msg: str) -> None:
+        raise RecipeError(f"{src}: {key}: {msg}")
+
+    check_numbers(s, SWEEP_BOUNDS, fail, "sweep.scale.")
     if (s.widths is None) == (s.params is None):
         raise RecipeError(f"{src}: sweep.scale: set exactly one of widths and params")
     budgets = [k for k in ("tokens_per_param", "flops", "tokens") if getattr(s, k) is not None]
     if len(budgets) > 1:
         raise RecipeError(f"{src}: sweep.scale: set at most one of {', '.join(budgets)}")
     for key in [k for k in ("widths", "params") if getattr(s, k) is not None] + budgets:
-        if not getattr(s, key) or min(getattr(s, key)) <= 0:
+        if not getattr(s, key):
             raise RecipeError(f"{src}: sweep.scale.{key}: expected positive values, got {getattr(s, key)}")
-    if not all(0 < f < 1 for f in s.branch_fracs):
-        raise RecipeError(f"{src}: sweep.scale.branch_fracs: expected values in (0, 1), got {s.branch_fracs}")
     return s
 
 
