@@ -164,7 +164,8 @@ def mixture_run(tmp_path, tiny_recipe):
     def make(**train):
         return tiny_recipe(model={"vocab_size": 0}, train={"steps": 6, "eval_every": 3, "eval_batches": 1, **train},
                            data={"cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2, "sources": [
-                               {"name": n, "source": "files", "paths": [str(tmp_path / n)]} for n in ("code", "prose")]},
+                               {"name": n, "source": "files", "paths": [str(tmp_path / n)]}
+                               for n in ("code", "prose")]},
                            schedule={"name": "wsd", "warmup_frac": 0.0,
                                      "wsd": {"decay_frac": 0.5, "decay_mix": {"prose": 1.0}, "branches": [128]}})
     return make

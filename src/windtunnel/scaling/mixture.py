@@ -121,33 +121,40 @@ def propose(points: MixturePoints, objective: dict[str, float], model: str = "au
     cand = candidates(points, CANDIDATES, seed)
     X_cand = features(cand, model)
     coef = fit_objective(points, objective, model)
-    pred = X_cand @ coef
-    best = int(np.argmin(pred))
+    best = int(np.argmin(X_cand @ coef))
     observed = sum(w * points.losses[n] for n, w in objective.items())
-    rng = np.random.default_rng(seed)
-    chosen, at_best = [], []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(observed), len(observed))
-        c = fit_objective(points.subset(idx), objective, model)
-        chosen.append(cand[int(np.argmin(X_cand @ c))])
-        at_best.append(float(X_cand[best] @ c))
-    q = 100 * (1 - level) / 2
+    top = int(np.argmin(observed))
     report = {
         "law": "mixture", "model": model, "objective": objective, "sources": points.names,
         "runs": len(observed), "chosen": dict(zip(points.names, np.round(cand[best], 4).tolist())),
-        "predicted_objective": float(pred[best]),
-        "best_observed": {"run": points.labels[int(np.argmin(observed))], "objective": float(observed.min()),
-                          "weights": dict(zip(points.names, points.weights[int(np.argmin(observed))].tolist()))},
-        "loo_rmse": loo_rmse(points, objective, model), "level": level,
-        "coefficients": coef.tolist(),
+        "predicted_objective": float(X_cand[best] @ coef),
+        "best_observed": {"run": points.labels[top], "objective": float(observed[top]),
+                          "weights": dict(zip(points.names, points.weights[top].tolist()))},
+        "loo_rmse": loo_rmse(points, objective, model), "level": level, "coefficients": coef.tolist(),
     }
     report["warnings"] = fit_warnings(report, observed)
+    chosen, at_best = bootstrap_choices(points, objective, model, X_cand, best, bootstrap, seed)
     if len(chosen) >= 2:
-        w = np.array(chosen)
-        report["ci"] = {"predicted_objective": [float(np.percentile(at_best, q)), float(np.percentile(at_best, 100 - q))],
+        q = 100 * (1 - level) / 2
+        w = cand[chosen]
+        band = [float(np.percentile(at_best, q)), float(np.percentile(at_best, 100 - q))]
+        report["ci"] = {"predicted_objective": band,
                         **{n: [float(np.percentile(w[:, i], q)), float(np.percentile(w[:, i], 100 - q))]
                            for i, n in enumerate(points.names)}}
     return report
+
+
+def bootstrap_choices(points: MixturePoints, objective: dict[str, float], model: str, X_cand: np.ndarray,
+                      best: int, resamples: int, seed: int) -> tuple[list[int], list[float]]:
+    """Refit on runs resampled with replacement: (the candidate each refit chooses, its prediction at `best`)."""
+    rng = np.random.default_rng(seed)
+    chosen, at_best = [], []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(points.weights), len(points.weights))
+        c = fit_objective(points.subset(idx), objective, model)
+        chosen.append(int(np.argmin(X_cand @ c)))
+        at_best.append(float(X_cand[best] @ c))
+    return chosen, at_best
 
 
 def fit_warnings(report: dict, observed: np.ndarray) -> list[str]:
