@@ -7,7 +7,9 @@ D (S = D / global tokens per step), when the main run reaches step S - round(dec
 `DecayBranches` callback snapshots model, optimizer and RNG state (accelerate save_state, so every
 strategy works), trains the decay steps with the LR of a WSD schedule of S steps (same warmup, same
 shape) through the trainer's own train_step, evaluates, records {"tokens", "val_loss", "flops",
-"step"}, restores the snapshot and continues the main run unchanged.
+"step"}, restores the snapshot and continues the main run unchanged. With a data mixture the branch's decay
+steps read `schedule.wsd.decay_mix` (data/mixture.py) and its record holds that mix and each source's
+val loss, so the fitter can tell branches with different mixes apart.
 Branch results survive a kill: they are kept in <run>/branches.json and not redone on resume.
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .callbacks import Callback, TrainState
+from .callbacks import Callback, TrainState, evaluate_run
+from .data.mixture import decay_phase, mixture_record
 from .recipe import Recipe, RecipeError
 from .schedules import Schedule
 
@@ -97,15 +100,17 @@ class DecayBranches(Callback):
         acc.wait_for_everyone()
         acc.save_state(str(snapshot), safe_serialization=True)
         try:
-            self._record(state, branch, self._decay(state, branch))
+            with decay_phase(getattr(state.trainer.data, "train", None), branch.start_step):
+                self._record(state, branch, self._decay(state, branch))
         finally:
             acc.load_state(str(snapshot))
             acc.wait_for_everyone()
             if acc.is_main_process:
                 shutil.rmtree(snapshot, ignore_errors=True)
 
-    def _decay(self, main: TrainState, branch: Branch) -> tuple[float | None, float]:
-        """Train the decay steps on a copy of the state; returns (val loss, mean train loss of the last window)."""
+    def _decay(self, main: TrainState, branch: Branch) -> tuple[float | None, float, dict]:
+        """Train the decay steps on a copy of the state; returns (val loss, mean train loss of the last window,
+        mixture fields of the record)."""
         t = main.trainer
         state = dataclasses.replace(main, data_skips=list(main.data_skips), row=None)
         schedule = branch_schedule(self.main_schedule, branch)
@@ -120,15 +125,18 @@ class DecayBranches(Callback):
                                "branch_tokens": branch.end_step * self.global_tokens_per_step,
                                "loss": train_loss, "lr": state.lr}, wandb=False)
                 window = []
-        return t.evaluate(), train_loss
+        val, by_source = evaluate_run(t)
+        mix = mixture_record(getattr(t.data, "train", None), branch.end_step, t.world).get("mixture")
+        extra = {"mix": mix["decay_mix"] or mix["weights"], "val_loss_by_source": by_source} if mix else {}
+        return val, train_loss, extra
 
-    def _record(self, state: TrainState, branch: Branch, losses: tuple[float | None, float]) -> None:
+    def _record(self, state: TrainState, branch: Branch, outcome: tuple[float | None, float, dict]) -> None:
         t = state.trainer
-        val, train = (None if x is None or not math.isfinite(x) else x for x in losses)
+        val, train = (None if x is None or not math.isfinite(x) else x for x in outcome[:2])
         tokens = branch.end_step * self.global_tokens_per_step
         per_token = t.flops_per_token
         result = {"tokens": tokens, "val_loss": val, "flops": per_token * tokens if per_token else None,
-                  "step": branch.end_step, "train_loss": train, "decay_start_step": branch.start_step}
+                  "step": branch.end_step, "train_loss": train, "decay_start_step": branch.start_step, **outcome[2]}
         self.results = sorted([*self.results, result], key=lambda r: r["tokens"])
         t.metrics.log({"step": branch.end_step, "tokens": tokens, "branch_tokens": tokens, "val_loss": val},
                       wandb=False)

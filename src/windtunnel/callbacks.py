@@ -117,6 +117,10 @@ class Callback:
     def on_step_end(self, trainer: "Trainer", step: int, row: dict | None) -> None:
         """Older hook, still called from the default post_step: (trainer, steps done, row or None)."""
 
+    def summary(self, state: TrainState) -> dict:
+        """Entries this callback adds to summary.json at the end of the run."""
+        return {}
+
     def state_dict(self) -> dict | None:
         return None
 
@@ -124,17 +128,39 @@ class Callback:
 
 
 class Evaluator(Callback):
-    """Validation loss every train.eval_every steps and at the end."""
+    """Validation loss every train.eval_every steps and at the end. For a data mixture also each source's
+    (val_loss/<name>); the run's val_loss is then their plain mean, the same target whatever the weights."""
+
+    def __init__(self):
+        self.by_source: dict[str, float] = {}
 
     def post_step(self, state: TrainState) -> None:
         if state.step % state.recipe.train.eval_every and not state.done:
             return
-        val = state.trainer.evaluate()
+        val, by_source = evaluate_run(state.trainer)
         if val is None:
             return
-        state.val_loss = val
-        state.trainer.metrics.log({"step": state.step, "tokens": state.tokens, "val_loss": val})
+        state.val_loss, self.by_source = val, by_source
+        row = {"step": state.step, "tokens": state.tokens, "val_loss": val}
+        state.trainer.metrics.log({**row, **{f"val_loss/{n}": v for n, v in by_source.items()}})
         state.trainer.emit("on_eval", state)
+
+    def summary(self, state: TrainState) -> dict:
+        from .data.mixture import mixture_record
+
+        data = state.trainer.data
+        extra = mixture_record(data.train, state.step, state.trainer.world) if data is not None else {}
+        return {**extra, "val_loss_by_source": self.by_source} if self.by_source else extra
+
+
+def evaluate_run(trainer: "Trainer") -> tuple[float | None, dict[str, float]]:
+    """(val loss, {source: val loss}); the second is empty unless the run trains on a data mixture."""
+    from .data.mixture import evaluate_sources
+
+    by_source = evaluate_sources(trainer)
+    if by_source:
+        return sum(by_source.values()) / len(by_source), by_source
+    return trainer.evaluate(), {}
 
 
 class Checkpointer(Callback):

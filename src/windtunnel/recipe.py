@@ -121,7 +121,8 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SourceFields:
+    """Where one corpus comes from: the flat `data.*` keys, or one entry of `data.sources`."""
     source: Literal["stdlib", "files", "hf"] = "stdlib"
     paths: list[str] = field(default_factory=list)  # files, directories or globs (source=files)
     dataset: str | None = None  # datasets name or local path (source=hf)
@@ -131,8 +132,24 @@ class DataConfig:
     text_field: str = "text"
     max_documents: int | None = None  # cap on documents read (quick runs)
     stdlib_tests: bool = True  # include the stdlib's test/ folders in the embedded corpus
+
+
+@dataclass
+class SourceConfig(SourceFields):
+    """One named source of a mixture (data/mixture.py); its own fields as for a one-source recipe."""
+    name: str = ""  # used in metric keys: val_loss/<name>
+    weight: float = 1.0  # relative share of training sequences (normalised over the sources)
+
+
+@dataclass
+class DataConfig(SourceFields):
     val_fraction: float = 0.01  # held-out documents, chosen by a hash of the document id
     cache_dir: str = ".windtunnel_cache"
+    # Mixtures (data/mixture.py): named sources replace the flat source keys above when given.
+    sources: list[SourceConfig] = field(default_factory=list)
+    mix: dict[str, float] | None = None  # {name: weight} overriding the sources' weights (sweeps, --set)
+    warn_epochs: float = 4.0  # warn when a source is planned to repeat more (Muennighoff et al. 2023)
+    max_epochs: float | None = None  # refuse a run that would repeat any source more than this
 
 
 @dataclass
@@ -158,6 +175,7 @@ class WSDConfig:
     decay_frac: float = 0.2  # fraction of training spent decaying
     decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
     branches: list[int] = field(default_factory=list)  # token counts: decay branches (sweeps)
+    decay_mix: dict[str, float] | None = None  # mixture weights during the decay (and decay branches)
 
 
 @dataclass
@@ -394,6 +412,11 @@ def coerce(tp: Any, value: Any, source: str, path: str) -> Any:
         if value not in choices:
             raise RecipeError(f"{source}: {path}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {path}: expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {coerce(key_tp, k, source, path): coerce(value_tp, v, source, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{source}: {path}: expected a list, got {value!r}")

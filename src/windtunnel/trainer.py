@@ -277,8 +277,9 @@ class Trainer:
         return ce, {}
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        batches = self._val_batches()
+    def evaluate(self, batches: list | None = None) -> float | None:
+        """Mean validation loss over `batches` (default: the run's validation batches)."""
+        batches = self._val_batches() if batches is None else batches
         if not batches:
             return None
         self.model.eval()
@@ -316,6 +317,8 @@ class Trainer:
                    "seq_len": self.seq_len, "skipped_steps": state.skipped, "branches": self._branch_results()}
         if state.data_skips:
             summary["data_skips"] = state.data_skips
+        for cb in (cb for cb in self.callbacks if hasattr(cb, "summary")):  # e.g. a mixture's per-source losses
+            summary.update(cb.summary(state))
         if self.flops_per_token is not None:
             c = accounting.count_params(r.model)
             summary.update(params=c.total, non_embedding_params=c.non_embedding, active_params=c.active,

@@ -76,6 +76,7 @@ RECIPE_BOUNDS: dict[str, Bound] = {
     "optim.betas": Bound(0, 1, high_open=True),
     "schedule.power.b": ANY,  # the exponent of the Power scheduler (Shen et al. 2024) is negative
     "distributed.zero_stage": Bound(0, 3),
+    **dict.fromkeys(["data.warn_epochs", "data.max_epochs"], POSITIVE),  # data mixtures (data/mixture.py)
 }
 
 
@@ -111,6 +112,7 @@ def validate(r: Recipe, source: str) -> None:
     _check_training(r, fail)
     _check_inputs(r, fail)
     _check_distributed(r, fail)
+    _check_mixture(r, fail)  # data.sources / data.mix / schedule.wsd.decay_mix
 
 
 def _check_model(m: ModelConfig, fail: Fail) -> None:
@@ -198,3 +200,42 @@ def _check_distributed(r: Recipe, fail: Fail) -> None:
         if r.train.spike_policy == "skip":
             fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
                                        "use log or rewind")
+
+
+def _check_mixture(r: Recipe, fail: Fail) -> None:
+    """Named sources with non-negative weights; data.mix and decay_mix name known sources."""
+    d = r.data
+    names = [s.name for s in d.sources]
+    source_bounds = {k.replace("data.", "", 1): b for k, b in RECIPE_BOUNDS.items() if k.startswith("data.")}
+    for i, s in enumerate(d.sources):
+        where = f"data.sources[{i}]"
+        if not s.name or not s.name.replace("_", "").replace("-", "").isalnum():
+            fail(f"{where}.name", f"needs a name of letters, digits, _ or -, got {s.name!r}")
+        check_numbers(s, source_bounds, fail, f"{where}.")  # weight >= 0, max_documents > 0, ...
+        if s.source == "files" and not s.paths:
+            fail(f"{where}.paths", "source=files needs at least one path or glob")
+        if s.source == "hf" and not s.dataset:
+            fail(f"{where}.dataset", "source=hf needs a dataset name or path")
+    if len(set(names)) != len(names):
+        fail("data.sources", f"source names must be unique, got {names}")
+    if d.sources:
+        own = {f.name for f in dataclasses.fields(d.sources[0])} - {"name", "weight"}  # a source's own keys
+        default = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                   for f in dataclasses.fields(d) if f.name in own}
+        moved = [k for k, v in default.items() if getattr(d, k) != v]
+        if moved:
+            fail(f"data.{moved[0]}", "set it on each entry of data.sources (a mixture has no top-level source)")
+        if sum(s.weight for s in d.sources) <= 0 and not d.mix:
+            fail("data.sources", "weights sum to 0")
+    for path, mix in (("data.mix", d.mix), ("schedule.wsd.decay_mix", r.schedule.wsd.decay_mix)):
+        if mix is None:
+            continue
+        if not d.sources:
+            fail(path, "needs data.sources (a mixture of named sources)")
+        unknown = sorted(set(mix) - set(names))
+        if unknown:
+            fail(path, f"unknown source {unknown[0]!r} (sources: {', '.join(names)})")
+        if any(not 0 <= w < math.inf for w in mix.values()) or sum(mix.values()) <= 0:
+            fail(path, f"weights must be >= 0 and sum to more than 0, got {mix}")
+    if r.schedule.wsd.decay_mix is not None and r.schedule.name != "wsd":
+        fail("schedule.wsd.decay_mix", f"needs schedule.name=wsd, got {r.schedule.name}")

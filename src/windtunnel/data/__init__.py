@@ -22,8 +22,8 @@ __all__ = ["DataBundle", "build_data", "build_tokenizer", "train_tokenizer", "ch
 
 @dataclass
 class DataBundle:
-    train: TrainSampler
-    val: ValSampler
+    train: TrainSampler  # or a mixture.MixtureSampler
+    val: ValSampler  # or a mixture.MixtureVal
     manifest: dict
     path: Path  # the shard folder
 
@@ -35,6 +35,9 @@ def build_data(recipe: Recipe, tok: Tokenizer) -> DataBundle:
     split too small for one sequence (one-line RecipeError/DataError naming the key).
     """
     check_model_fits(recipe, tok)
+    if recipe.data.sources:  # a mixture of named sources (data/mixture.py)
+        from .mixture import build_mixture
+        return DataBundle(*build_mixture(recipe, tok))
     root, manifest = build_shards(recipe.data, tok)
     check_train_size(recipe, manifest)
     t = recipe.train

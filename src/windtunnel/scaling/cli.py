@@ -44,7 +44,9 @@ def number(text: str) -> float:
 def build_parser() -> Parser:
     p = Parser(prog="windtunnel fit", description="Fit a scaling law to a sweep directory or a CSV of runs.")
     p.add_argument("source", help="sweep directory (run dirs with summary.json) or CSV file")
-    p.add_argument("--law", choices=list(LAWS), default="chinchilla")
+    p.add_argument("--law", choices=[*LAWS, "mixture"], default="chinchilla")
+    p.add_argument("--objective", default="mean", help="mixture: a source, name=weight,... or mean")
+    p.add_argument("--mix-model", choices=["auto", "linear", "quadratic"], default="auto", help="mixture regression")
     p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding", help="which parameter count is N")
     p.add_argument("--target-params", type=number, help="target N (with --target-tokens)")
     p.add_argument("--target-tokens", type=number, help="target D (with --target-params)")
@@ -138,6 +140,11 @@ def _split(item: str, flag: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.law == "mixture":  # data mixtures: scaling/mixture.py
+            from .mixture import format_mixture, run_mixture
+            report = run_mixture(args)
+            print(format_mixture(report))
+            return 0
         report = run(args)
     except (ValueError, RecipeError, OSError) as e:
         print(f"windtunnel fit: error: {e}", file=sys.stderr)

@@ -26,8 +26,9 @@ from ..accounting import ParamCounts, count_params, flops_per_token
 from ..recipe import Recipe, RecipeError, build_dataclass, deep_merge, load_yaml_tree
 from ..validation import POSITIVE, Bound, check_numbers
 from . import families
+from .mixture_axis import mixture_points
 
-AXES = ("grid", "zip", "list", "scale")
+AXES = ("grid", "zip", "list", "scale", "mixture")
 
 
 # ----------------------------------------------------------------------------- sweep file
@@ -219,7 +220,10 @@ def _check_axes(sweep: dict, src: str) -> dict:
             if seen.get(k, axis) != axis:
                 raise RecipeError(f"{src}: sweep: key {k} is set by both sweep.{seen[k]} and sweep.{axis}")
             seen[k] = axis
-    return {"grid": grid, "zip": zipped, "list": points, "scale": scale}
+    mixes = mixture_points(sweep.get("mixture"), src)  # sweep.mixture: data.mix points (mixture_axis.py)
+    if mixes and "data.mix" in seen:
+        raise RecipeError(f"{src}: sweep: key data.mix is set by both sweep.{seen['data.mix']} and sweep.mixture")
+    return {"grid": grid, "zip": zipped, "list": points, "scale": scale, "mixture": mixes}
 
 
 def _check_scale(raw: dict, src: str) -> ScaleAxis:
@@ -252,7 +256,8 @@ def axis_points(axes: dict) -> list[dict]:
     zipped = axes["zip"]
     zip_pts = [dict(zip(zipped, combo)) for combo in zip(*zipped.values())] or [{}]
     list_pts = axes["list"] or [{}]
-    return [{**g, **z, **p} for g in grid_pts for z in zip_pts for p in list_pts]
+    mix_pts = axes.get("mixture") or [{}]
+    return [{**g, **z, **p, **m} for g in grid_pts for z in zip_pts for p in list_pts for m in mix_pts]
 
 
 def scale_points(scale: ScaleAxis | None, tree: dict) -> list[tuple[dict, str]]:
@@ -358,6 +363,8 @@ def run_name(point: dict, scale_label: str) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, dict) and len(value) <= 3 and all(isinstance(v, float) for v in value.values()):
+        return "-".join(f"{k}{v:g}" for k, v in value.items())  # a mixture: mixcode0.3-prose0.7
     if isinstance(value, (dict, list)):
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
     return str(value)
