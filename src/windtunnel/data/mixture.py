@@ -32,7 +32,7 @@ import torch
 from ..errors import DataError, RecipeError
 from ..recipe import DataConfig, Recipe, SourceFields
 from ..schedules import Schedule
-from .sampler import PackedSequences, ValSampler
+from .sampler import PackedSequences, ValSampler, global_slots
 from .shards import build_shards, open_split
 
 if TYPE_CHECKING:
@@ -137,8 +137,7 @@ class MixtureSampler:
         if world not in self._checked:
             self._checked.add(world)
             check_repetition(self, world)
-        first = ((step * self.grad_accum + micro) * world + rank) * self.batch_size
-        counts = self.counts(np.arange(first, first + self.batch_size + 1), world)
+        counts = self._slot_counts(step, micro, rank, world)
         owner = np.argmax(np.diff(counts, axis=0), axis=1)  # exactly one source gains each slot
         position = counts[np.arange(self.batch_size), owner]
         out = torch.empty((self.batch_size, self.seq_len + 1), dtype=torch.int64)
@@ -149,9 +148,13 @@ class MixtureSampler:
 
     def source_of(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> list[str]:
         """The source name of each row of batch(step, micro, rank, world)."""
-        first = ((step * self.grad_accum + micro) * world + rank) * self.batch_size
-        counts = self.counts(np.arange(first, first + self.batch_size + 1), world)
+        counts = self._slot_counts(step, micro, rank, world)
         return [self.names[i] for i in np.argmax(np.diff(counts, axis=0), axis=1)]
+
+    def _slot_counts(self, step: int, micro: int, rank: int, world: int) -> np.ndarray:
+        """Per-source counts at each slot boundary of this micro-batch (one more row than slots)."""
+        slots = global_slots(step, micro, rank, world, self.batch_size, self.grad_accum)
+        return self.counts(np.append(slots, slots[-1] + 1), world)
 
     def _sequence_ids(self, s: int, positions: np.ndarray) -> np.ndarray:
         n = self.sources[s].n_seqs

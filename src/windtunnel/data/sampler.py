@@ -23,6 +23,13 @@ import torch
 from ..errors import DataError
 
 
+def global_slots(step: int, micro: int, rank: int, world: int, batch_size: int, grad_accum: int) -> np.ndarray:
+    """Global slot indices of one micro-batch: inside [step*G, (step+1)*G), G the global batch."""
+    global_batch = batch_size * grad_accum * world
+    first = step * global_batch + (micro * world + rank) * batch_size
+    return np.arange(first, first + batch_size, dtype=np.int64)
+
+
 class PackedSequences:
     """Fixed-length (seq_len + 1)-token windows over a list of token arrays (memmaps)."""
 
@@ -70,10 +77,7 @@ class TrainSampler(PackedSequences):
         return self.gather(self.sequence_ids(self.slots(step, micro, rank, world)))
 
     def slots(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
-        """Global slot indices of one micro-batch: inside [step*G, (step+1)*G), G the global batch."""
-        global_batch = self.batch_size * self.grad_accum * world
-        first = step * global_batch + (micro * world + rank) * self.batch_size
-        return np.arange(first, first + self.batch_size, dtype=np.int64)
+        return global_slots(step, micro, rank, world, self.batch_size, self.grad_accum)
 
     def sequence_ids(self, slots: np.ndarray) -> np.ndarray:
         """The sequence read in each global slot: a function of (seed, slot) only."""
