@@ -107,3 +107,20 @@ def word_corpus(tmp_path):
             (root / f"d{i}.txt").write_text(" ".join(f"word{(i * j) % 17}" for j in range(words)))
         return root
     return make
+
+
+@pytest.fixture
+def crash_at():
+    """crash_at(step) -> a callback that raises KeyboardInterrupt once the run reaches `step` (after that
+    step's checkpoint would have been due): a kill in the middle of a run, for resume tests."""
+    from windtunnel import Callback
+
+    class CrashAt(Callback):
+        def __init__(self, step: int):
+            self.step = step
+
+        def post_step(self, state) -> None:
+            if state.step == self.step:
+                raise KeyboardInterrupt
+
+    return CrashAt

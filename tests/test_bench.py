@@ -106,6 +106,7 @@ def test_main_writes_docs_block_in_place_and_skips_gpu_presets(tmp_path):
     assert text.count("bench:cpu:begin") == 1 and "new" in text and "| tiny |" not in text
 
 
+@pytest.mark.slow  # a bench row in a subprocess (~20 s)
 def test_isolated_row_reports_its_own_peak_memory():
     """A worker process per row: its CPU peak RSS growth is measured. Training the tiny model on 16x256
     tokens keeps >100 MB of activations (the FFN's gate/up output alone is 4096 x 1024 x 4 B per layer)."""

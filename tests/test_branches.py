@@ -9,7 +9,6 @@ from windtunnel import Recipe, Trainer
 from windtunnel.branches import Branch, branch_schedule, plan_branches
 from windtunnel.recipe import RecipeError
 from windtunnel.schedules import Schedule
-from windtunnel.trainer import Callback
 
 # 4 sequences x 16 tokens = 64 tokens per step; 24 steps; branches at 8 and 16 steps (decay 2 / 4 steps).
 BATCH_TOKENS = 64
@@ -92,20 +91,11 @@ def test_decayed_branch_differs_from_stable_main_at_same_step(tmp_path):
     assert branch[16] != main[16]  # ... then the lower LR changes the trajectory
 
 
-class CrashAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def post_step(self, state):
-        if state.step == self.step:
-            raise KeyboardInterrupt
-
-
-def test_branches_survive_kill_and_resume(tmp_path):
+def test_branches_survive_kill_and_resume(tmp_path, crash_at):
     r = recipe([8 * BATCH_TOKENS, 16 * BATCH_TOKENS], train={"ckpt_every": 10})
     full = fit(r, tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        fit(r, tmp_path / "part", callbacks=[CrashAt(14)])  # after branch 1, before branch 2
+        fit(r, tmp_path / "part", callbacks=[crash_at(14)])  # after branch 1, before branch 2
     resumed = fit(r, tmp_path / "part", resume=True)
     assert resumed["branches"] == full["branches"]
     assert main_losses(tmp_path / "part") == main_losses(tmp_path / "full")

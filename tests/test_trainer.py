@@ -54,20 +54,11 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         Trainer(tiny_recipe(steps=4), train_data=token_batches(), out_dir=tmp_path).fit()
 
 
-class CrashAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def post_step(self, state):
-        if state.step == self.step:
-            raise KeyboardInterrupt
-
-
-def test_resume_reproduces_uninterrupted_losses(tmp_path):
+def test_resume_reproduces_uninterrupted_losses(tmp_path, crash_at):
     full, part = tmp_path / "full", tmp_path / "part"
     Trainer(tiny_recipe(), train_data=token_batches(), out_dir=full).fit()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_recipe(), train_data=token_batches(), out_dir=part, callbacks=[CrashAt(6)]).fit()
+        Trainer(tiny_recipe(), train_data=token_batches(), out_dir=part, callbacks=[crash_at(6)]).fit()
     Trainer(tiny_recipe(), train_data=token_batches(), out_dir=part, resume=True).fit()
     assert losses(part) == losses(full)  # exact: same floats, and the rows after the checkpoint were redone
 
@@ -99,6 +90,7 @@ def run_script(tmp_path, out, resume):
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow  # a real process, killed with SIGKILL (~25 s on the shared 2-core box)
 def test_resume_after_kill(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     Trainer(tiny_recipe(), train_data=token_batches(), out_dir=full).fit()
@@ -284,9 +276,9 @@ class Counter(Callback):
         self.count = self.loaded = saved["count"]
 
 
-def test_callback_state_is_checkpointed_and_restored(tmp_path):
+def test_callback_state_is_checkpointed_and_restored(tmp_path, crash_at):
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path, callbacks=[Counter(), CrashAt(6)]).fit()
+        Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path, callbacks=[Counter(), crash_at(6)]).fit()
     counter = Counter()
     Trainer(tiny_recipe(), train_data=token_batches(), out_dir=tmp_path, resume=True, callbacks=[counter]).fit()
     assert counter.loaded == 4 and counter.count == 12
