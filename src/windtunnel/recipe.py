@@ -118,14 +118,27 @@ class TokenizerConfig:
 
 
 @dataclass
+class MuonConfig:
+    """Muon on the hidden matrices (optim.name=muon); embeddings, readout, norms and biases stay on AdamW."""
+    momentum: float = 0.95  # momentum of the gradient before orthogonalisation (Keller Jordan's Muon)
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations (torch.optim.Muon's quintic coefficients)
+    # Per-matrix update scale: match_rms_adamw = 0.2*sqrt(max(A, B)) (Moonlight, Liu et al. 2025: AdamW's
+    # LR and weight decay carry over); original = sqrt(max(1, A/B)) (Keller Jordan: wants ~10-50x the LR).
+    adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
+    adamw_lr_mult: float = 1.0  # LR of the AdamW groups relative to optim.lr
+
+
+@dataclass
 class OptimConfig:
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "muon"] = "adamw"
     lr: float = 3e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # weight decay on embeddings (off by default, as for norms)
     fused: bool | None = None  # None = fused on GPU, foreach elsewhere
+    muon: MuonConfig = field(default_factory=MuonConfig)  # used when name=muon
 
 
 @dataclass
@@ -443,6 +456,7 @@ def validate(r: Recipe, source: str) -> None:
         fail("distributed.zero_stage", f"must be 0-3, got {d.zero_stage}")
     if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
         fail("distributed.nvme_path", "nvme offload needs distributed.nvme_path")
+    _validate_muon(r, fail)
 
 
 def _validate_moe_mtp(m: ModelConfig, fail) -> None:
@@ -459,3 +473,17 @@ def _validate_moe_mtp(m: ModelConfig, fail) -> None:
     w = m.mtp.weights
     if w is not None and len(w) != m.mtp.n_future - 1:
         fail("model.mtp.weights", f"needs n_future-1={m.mtp.n_future - 1} values, got {len(w)}")
+
+
+def _validate_muon(r: Recipe, fail) -> None:
+    mu = r.optim.muon
+    if not 0.0 <= mu.momentum < 1.0:
+        fail("optim.muon.momentum", f"must be in [0, 1), got {mu.momentum}")
+    if not 1 <= mu.ns_steps < 100:
+        fail("optim.muon.ns_steps", f"must be in [1, 99], got {mu.ns_steps}")
+    if mu.adamw_lr_mult <= 0:
+        fail("optim.muon.adamw_lr_mult", f"must be positive, got {mu.adamw_lr_mult}")
+    if r.optim.name == "muon" and r.distributed.strategy == "deepspeed":
+        # ZeRO hands the optimizer flattened 1-D shards: no matrix to orthogonalise (see docs/optimizers.md)
+        fail("optim.name", "muon does not run under distributed.strategy=deepspeed (ZeRO flattens the "
+                           "matrices); use strategy ddp or fsdp")
