@@ -157,6 +157,12 @@ class MuonAdamW(torch.optim.AdamW):
                                    ("adjust_lr", adjust_lr)):
                     group.setdefault(key, value)
 
+    def __setstate__(self, state: dict) -> None:
+        # load_state_dict: Adam's __setstate__ expects a "step" in every state, so show it the AdamW groups only
+        groups = state["param_groups"]
+        super().__setstate__({**state, "param_groups": [g for g in groups if not g.get("muon")]})
+        self.param_groups = groups
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
