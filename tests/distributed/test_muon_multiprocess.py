@@ -2,9 +2,10 @@
 FSDP2 gathers each sharded matrix (DTensor.full_tensor) for the Newton-Schulz step and keeps its own shard
 of the update. Both must match one process on the same global batch, and FSDP2 must survive a hard kill.
 
-Tolerances are looser than AdamW's (tests/distributed/test_multiprocess.py): Newton-Schulz runs in bf16
-(torch.optim.Muon's kernel), so a last-bit difference in the reduced gradient can move an update element
-by a bf16 ulp (~0.4%) instead of an fp32 one.
+Weights get a looser tolerance than AdamW's (tests/distributed/test_multiprocess.py): Newton-Schulz runs in
+bf16 (torch.optim.Muon's kernel), so a last-bit difference in the reduced gradient can move an update element
+by a bf16 ulp (~0.4%) instead of an fp32 one. Measured after 8 steps: losses 3.6e-6, weights 3.1e-4 apart
+(DDP and FSDP2 alike).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 MUON = ("optim.name=muon",)
 FINAL = "checkpoints/step_00000008"
-LOSS_TOL = 2e-3
-WEIGHT_TOL = 2e-3
+LOSS_TOL = 1e-4
+WEIGHT_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
