@@ -34,6 +34,11 @@ MODELS = {  # name -> (overrides, steps); smoke = recipes/smoke.yaml's 1.1M mode
              "train.batch_size=8"], 40),
 }
 LRS = {"adamw": [1e-3, 3e-3, 1e-2], "muon": [1e-3, 3e-3, 1e-2]}  # half-decade steps
+EXTRA_LRS = {("smoke", "muon"): [3e-2]}  # the smoke Muon sweep's best was its top point: one more above
+
+
+def sweep_lrs(model: str, opt: str) -> list[float]:
+    return LRS[opt] + EXTRA_LRS.get((model, opt), [])
 HORIZONS = [0.5]  # Muon at its best LR with the schedule compressed to this fraction of the steps
 
 
@@ -87,7 +92,7 @@ def read_run(run_dir: Path) -> dict | None:
 def best_lr(out: Path, model: str, opt: str) -> float:
     steps = MODELS[model][1]
     losses = {}
-    for lr in LRS[opt]:
+    for lr in sweep_lrs(model, opt):
         run = read_run(out / run_name(model, opt, lr, 0, steps))
         if run and run.get("final_val_loss") is not None:
             losses[lr] = run["final_val_loss"]
@@ -206,8 +211,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def sweep_rows(out: Path, model: str) -> list[dict]:
     steps = MODELS[model][1]
     rows = []
-    for opt, lrs in LRS.items():
-        for lr in lrs:
+    for opt in LRS:
+        for lr in sweep_lrs(model, opt):
             for seed in (0, 1):
                 run = read_run(out / run_name(model, opt, lr, seed, steps))
                 if run:
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     out, docs, models = Path(args.out).resolve(), Path(args.docs), args.models.split(",")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    run_all(out, [(m, o, lr, 0, MODELS[m][1]) for m in models for o in LRS for lr in LRS[o]], args.jobs)
+    run_all(out, [(m, o, lr, 0, MODELS[m][1]) for m in models for o in LRS for lr in sweep_lrs(m, o)], args.jobs)
     second = [(m, o, best_lr(out, m, o), 1, MODELS[m][1]) for m in models for o in LRS]
     second += [(m, "muon", best_lr(out, m, "muon"), 0, int(h * MODELS[m][1])) for m in models for h in HORIZONS]
     run_all(out, second, args.jobs)
