@@ -92,7 +92,7 @@ def compile_warmup(ctx: Context) -> None:
             break
         torch._dynamo.reset()
         model, recipe, x, y = tiny_model(ctx.gpu, "dense", layers=12 if ctx.gpu else 2)
-        recipe = recipe.replace(["train.compile=true", f"train.compile_scope={scope}", f"train.compile_mode={mode}"])
+        recipe = recipe.with_overrides(["train.compile=true", f"train.compile_scope={scope}", f"train.compile_mode={mode}"])
         opt = build_optimizer(model, recipe, x.device.type)
         fwd = apply_compile(model, recipe, backend=backend)
         times = [timed_step(fwd, opt, x, y, ctx.gpu) for _ in range(4)]

@@ -160,14 +160,27 @@ class TokenizerConfig:
 
 
 @dataclass
+class MuonConfig:
+    """Muon on the hidden matrices (optim.name=muon); embeddings, readout, norms and biases stay on AdamW."""
+    momentum: float = 0.95  # momentum of the gradient before orthogonalisation (Keller Jordan's Muon)
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations (torch.optim.Muon's quintic coefficients)
+    # Per-matrix update scale: match_rms_adamw = 0.2*sqrt(max(A, B)) (Moonlight, Liu et al. 2025: AdamW's
+    # LR and weight decay carry over); original = sqrt(max(1, A/B)) (Keller Jordan: wants ~10-50x the LR).
+    adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
+    adamw_lr_mult: float = 1.0  # LR of the AdamW groups relative to optim.lr
+
+
+@dataclass
 class OptimConfig:
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "muon"] = "adamw"
     lr: float = 3e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # weight decay on embeddings (off by default, as for norms)
     fused: bool | None = None  # None = fused on GPU, foreach elsewhere
+    muon: MuonConfig = field(default_factory=MuonConfig)  # used when name=muon
 
 
 @dataclass

@@ -61,7 +61,7 @@ _POSITIVE_KEYS = """
 model.d_model model.n_layers model.n_heads model.n_kv_heads model.ffn_hidden model.ffn_multiple_of
 model.rope_theta model.norm_eps model.init_std model.mup.base_width model.mup.base_head_dim
 model.mup.input_mult model.mup.output_mult model.mup.attn_mult model.moe.top_k model.moe.expert_hidden
-model.moe.every model.mtp.n_future data.max_documents tokenizer.vocab_size optim.lr optim.eps
+model.moe.every model.mtp.n_future data.max_documents tokenizer.vocab_size optim.lr optim.eps optim.muon.adamw_lr_mult
 schedule.power.a schedule.power.lr_max schedule.wsd.branches train.batch_size train.seq_len train.steps
 train.tokens train.grad_accum train.spike_threshold train.spike_window train.eval_every train.eval_batches train.keep_ckpts train.threads
 logging.log_every logging.peak_tflops distributed.reduce_bucket_size distributed.prefetch_bucket_size
@@ -76,6 +76,8 @@ RECIPE_BOUNDS: dict[str, Bound] = {
     "optim.betas": Bound(0, 1, high_open=True),
     "schedule.power.b": ANY,  # the exponent of the Power scheduler (Shen et al. 2024) is negative
     "distributed.zero_stage": Bound(0, 3),
+    "optim.muon.momentum": Bound(0, 1, high_open=True),
+    "optim.muon.ns_steps": Bound(1, 99),
     **dict.fromkeys(["data.warn_epochs", "data.max_epochs"], POSITIVE),  # data mixtures (data/mixture.py)
 }
 
@@ -197,6 +199,9 @@ def _check_distributed(r: Recipe, fail: Fail) -> None:
         if r.train.nan_policy == "skip":
             fail("train.nan_policy", "skip is not possible with distributed.strategy=deepspeed "
                                      "(DeepSpeed steps inside backward); use halt")
+        if r.optim.name == "muon":  # ZeRO hands the optimizer flat 1-D shards: no matrix to orthogonalise
+            fail("optim.name", "muon does not run under distributed.strategy=deepspeed (ZeRO flattens the "
+                               "matrices); use strategy ddp or fsdp")
         if r.train.spike_policy == "skip":
             fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
                                        "use log or rewind")
