@@ -74,8 +74,8 @@ def build_parser() -> Parser:
     p.add_argument("--base", help="base recipe for --emit (default: the largest run's recipe.yaml)")
     p.add_argument("--columns", help="CSV column mapping, e.g. N=params,D=tokens,loss=val_loss")
     p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep rows: COL=V, COL!=V, COL>X, COL>=X, COL<X, COL<=X (repeatable: OR within a "
-                        "column, AND across columns; sweeps: N, D, C, loss, lr, batch, run)")
+                   help="keep rows: COL=V, COL!=V, COL>X, COL>=X, COL<X, COL<=X (repeatable: COL=a "
+                        "COL=b keeps either, all other conditions must hold; sweeps: N, D, C, loss, lr, batch, run)")
     p.add_argument("--exclude", action="append", default=[], metavar="COL=VALUE",
                    help="drop rows matching (same forms as --where; repeatable), e.g. run=lr0.1_w256")
     p.add_argument("--batch-unit", choices=["tokens", "sequences"],

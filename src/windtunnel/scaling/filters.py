@@ -1,6 +1,7 @@
 """Row filters for `windtunnel fit --where/--exclude`: `COL=VALUE`, `COL!=VALUE`, `COL>X`, `COL>=X`,
-`COL<X`, `COL<=X` (numbers accept K/M/B/T). Several --where on one column are alternatives (OR);
-different columns must all hold (AND). A row matching any --exclude is dropped."""
+`COL<X`, `COL<=X` (numbers accept K/M/B/T). Several `COL=VALUE` on one column are alternatives (OR:
+`--where config=a --where config=b`); every other condition must also hold (AND: `--where 'N>1e8'
+--where 'N<5e9'` is a range). A row matching any --exclude is dropped."""
 from __future__ import annotations
 
 import operator
@@ -53,11 +54,14 @@ def parse(items: list[str], flag: str) -> list[Condition]:
 
 
 def keep_row(get: Callable[[str], object], where: list[Condition], exclude: list[Condition]) -> bool:
-    """`get(column)` returns the row's cell. OR within a --where column, AND across columns."""
-    by_column: dict[str, list[Condition]] = {}
+    """`get(column)` returns the row's cell. Equalities on one column: OR; everything else: AND."""
+    equal: dict[str, list[Condition]] = {}
     for c in where:
-        by_column.setdefault(c.column, []).append(c)
-    if not all(any(c.holds(get(col)) for c in conds) for col, conds in by_column.items()):
+        if c.op == "=":
+            equal.setdefault(c.column, []).append(c)
+        elif not c.holds(get(c.column)):
+            return False
+    if not all(any(c.holds(get(col)) for c in conds) for col, conds in equal.items()):
         return False
     return not any(c.holds(get(c.column)) for c in exclude)
 
