@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import queue
 import sys
 import threading
 import time
@@ -40,7 +40,7 @@ def load_config(path: Path) -> dict:
             raise RecipeError(f"{path}: missing key {key}")
     cfg["proxies"] = path.parent / cfg["proxies"]
     cfg["out_dir"] = Path(cfg.get("out_dir") or Path("runs") / path.stem)
-    cfg.setdefault("workers", 2)
+    cfg.setdefault("workers", 2)  # CPU processes at once; `gpus: [0, 1]` runs one per GPU instead
     cfg.setdefault("fit", {})
     return cfg
 
@@ -80,10 +80,12 @@ def last_step(metrics: Path) -> int:
         return 0
 
 
-def train_all(jobs: list[tuple[str, Path, int, callable]], workers: int, progress: Progress) -> dict[str, float]:
-    """Train (name, run_dir, steps, prepare) jobs, `workers` at a time; returns wall seconds per run."""
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": os.environ.get(
-        "CUDA_VISIBLE_DEVICES", "")}
+def train_all(jobs: list[tuple[str, Path, int, callable]], cfg: dict, progress: Progress) -> dict[str, float]:
+    """Train (name, run_dir, steps, prepare) jobs, `workers` at a time (CPU: one thread each, GPUs
+    hidden) or one per GPU of `gpus`; returns wall seconds per run."""
+    slots: queue.Queue = queue.Queue()
+    for slot in cfg.get("gpus") or [""] * cfg["workers"]:
+        slots.put(str(slot))
     walls: dict[str, float] = {}
 
     def one(job) -> None:
@@ -91,18 +93,25 @@ def train_all(jobs: list[tuple[str, Path, int, callable]], workers: int, progres
         if executors.run_state(run_dir) == executors.COMPLETED:
             return
         resume = prepare()
-        print(f"[train] {name}: {'resuming' if resume else 'starting'} ({steps} steps)", flush=True)
+        slot = slots.get()
+        env = {"CUDA_VISIBLE_DEVICES": slot} if slot else \
+            {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        print(f"[train] {name}: {'resuming' if resume else 'starting'} ({steps} steps"
+              f"{', GPU ' + slot if slot else ''})", flush=True)
         progress.start(name, run_dir, steps)
         t0 = time.time()
-        rc = executors.execute(executors.local_command(run_dir, resume), str(run_dir / "train.log"), env)
-        progress.end(name)
+        try:
+            rc = executors.execute(executors.local_command(run_dir, resume), str(run_dir / "train.log"), env)
+        finally:
+            slots.put(slot)
+            progress.end(name)
         walls[name] = time.time() - t0
         state = executors.run_state(run_dir)
         print(f"[train] {name}: {state} (exit {rc}) in {walls[name]:.0f} s", flush=True)
         if state != executors.COMPLETED:
             raise RuntimeError(f"{name} did not complete; see {run_dir / 'train.log'}")
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
         for f in [pool.submit(one, j) for j in jobs]:
             f.result()
     return walls
@@ -118,7 +127,7 @@ def stage_sweep(cfg: dict, progress: Progress) -> tuple[Path, dict]:
     jobs = [(r.name, spec.out_dir / r.name, r.recipe.total_steps(),
              lambda r=r: executors.prepare_run(r, spec.out_dir / r.name)) for r in runs]
     jobs.sort(key=lambda j: -j[2])  # longest first: the two workers finish together
-    return spec.out_dir, train_all(jobs, cfg["workers"], progress)
+    return spec.out_dir, train_all(jobs, cfg, progress)
 
 
 def fit_args(cfg: dict, sweep_dir: Path, out: Path, target: list[str]) -> list[str]:
@@ -174,7 +183,7 @@ def stage_train_targets(cfg: dict, reports: dict[str, dict], progress: Progress)
             return False
 
         jobs.append((f"target/{name}", run_dir, recipe.total_steps(), prepare))
-    return train_all(jobs, cfg["workers"], progress)
+    return train_all(jobs, cfg, progress)
 
 
 def record_times(out_dir: Path, stage: str, seconds: float, runs: dict[str, float]) -> dict:
