@@ -30,7 +30,7 @@ def miniature(tmp_path: Path) -> Path:
     (tmp_path / "mini_proxies.yaml").write_text(yaml.safe_dump(sweep))
     config = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu.yaml").read_text())
     config.update(proxies="mini_proxies.yaml", out_dir=str(tmp_path / "out"), workers=2)
-    config["fit"]["bootstrap"] = 4
+    config["fit"].update(bootstrap=4, extra=[])  # the real filter (D >= 4e5) would leave no mini point
     config["target"] = {"flops": 6.0e9, "off_optimal": {"overtrained_4x": 4}}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -65,7 +65,8 @@ def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, hol
     ci = percentile_ci(samples, level)
     warnings = list(points.warnings) + scale_warnings(points, impl.kind, impl.n_params) + estimate.warnings
     warnings += ci_warnings({**estimate.params, **estimate.derived}, ci, EXPONENTS)
-    flat = [k for k, (lo, hi) in ci.items() if k in EXPONENTS and lo == hi]
+    fixed = ("beta", "a", "b") if options.get("tie") else ()  # equal by construction when tied
+    flat = [k for k, (lo, hi) in ci.items() if k in EXPONENTS and k not in fixed and lo == hi]
     if flat:
         warnings.append(f"bootstrap: zero-width intervals for {', '.join(flat)}: every resample gave the same "
                         "fit (too few distinct points); the intervals mean nothing")
