@@ -26,8 +26,10 @@ def proxy_rows(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
         for b in s.get("branches") or []:
             points.append({**common, "D": b["tokens"], "C": b["flops"], "loss": b["val_loss"],
                            "run": f"{name}@{b['tokens']}"})
+        # a branch's `flops` is that of a standalone run of its length; what it cost is its decay steps
+        decay = sum(b["step"] - b["decay_start_step"] for b in s.get("branches") or [])
         runs.append({"run": name, "N": s["non_embedding_params"], "N_total": s["params"], "D": s["tokens"],
-                     "flops": s["flops"] + sum(b.get("flops") or 0 for b in s.get("branches") or []),
+                     "flops": s["flops"] + s["flops_per_token"] * s["batch_tokens"] * decay,
                      "loss": s["final_val_loss"], "wall_s": s.get("wall_time_s")})
     return points, runs
 
