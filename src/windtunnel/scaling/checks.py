@@ -74,10 +74,27 @@ def scale_warnings(points: Points, kind: str, n_params: int) -> list[str]:
         out.append(f"only {n_tokens} distinct token counts: the data term is not identifiable (need >= 3)")
     if kind == "loss" and len(points) < 2 * n_params:
         out.append(f"{len(points)} points for {n_params} parameters: the fit is barely determined")
+    if kind == "loss":
+        out += short_run_warning(points)
     spread = points.C.max() / points.C.min()
     if spread < 10:
         out.append(f"the runs span only a factor {spread:.1f} in compute (less than one decade)")
     return out
+
+
+MIN_STEPS = 400  # the CPU end-to-end run: points below ~400 steps (20x warmup) bent the law (docs/scaling.md)
+
+
+def short_run_warning(points: Points, min_steps: int = MIN_STEPS) -> list[str]:
+    """Points trained for few optimizer steps (D / batch) are still in the early-training transient."""
+    steps = points.D / points.batch
+    short = np.isfinite(steps) & (steps < min_steps)
+    if not short.any():
+        return []
+    batch = float(np.nanmax(points.batch[short]))
+    return [f"{int(short.sum())} of {len(points)} points trained for fewer than {min_steps} optimizer steps "
+            f"(as few as {int(np.nanmin(steps[short]))}): early-training losses bend L(N, D); "
+            f"consider --where 'D>={min_steps * batch:.3g}'"]
 
 
 def ci_warnings(params: dict, ci: dict, names: list[str]) -> list[str]:
