@@ -11,7 +11,8 @@ from threadpoolctl import threadpool_limits
 
 from . import frontier, hparams, laws
 from .bootstrap import bootstrap_fits, percentile_ci
-from .checks import ci_warnings, holdout_loss_law, holdout_warnings, scale_warnings
+from .checks import (ci_warnings, holdout_loss_law, holdout_top_compute, holdout_warnings, scale_warnings,
+                     top_compute_warning)
 from .points import Points
 from .result import FitResult, Law
 
@@ -75,6 +76,9 @@ def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, hol
     report = leave_largest_out(impl, points, options) if holdout else None
     warnings += holdout_warnings(report)
     details = {**estimate.details, **({"notes": notes} if notes else {})}
+    if holdout and impl.kind == "loss":
+        details["leave_top_compute_out"] = leave_top_compute_out(impl, points, options)
+        warnings += top_compute_warning(details["leave_top_compute_out"])
     return FitResult(impl.name, estimate.params, ci, warnings, points, impl, estimate.derived, details, samples,
                      report, level, failures)
 
@@ -87,6 +91,13 @@ def too_few(impl: Law, points: Points, options: dict) -> None:
                          f"need at least {n_params} (and more for meaningful intervals)")
     if impl.kind == "frontier" and len(np.unique(points.C)) < 2:
         raise ValueError(f"{impl.name}: {len(points)} point(s) at one compute: need several budgets")
+
+
+def leave_top_compute_out(impl: Law, points: Points, options: dict) -> dict:
+    try:
+        return holdout_top_compute(impl.fit, impl.predict, points, options)
+    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+        return {"skipped": f"refit without the top compute budget failed: {e}"}
 
 
 def leave_largest_out(impl: Law, points: Points, options: dict) -> dict:

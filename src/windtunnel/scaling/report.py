@@ -44,6 +44,10 @@ def format_summary(report: dict) -> str:
         errs = ", ".join(f"{k.removesuffix('_max_abs_rel_error')} {100 * v:.2f}%"
                          for k, v in hold.items() if k.endswith("_max_abs_rel_error"))
         lines.append(f"leave-largest-out ({hold['held_out']}): max error {errs}")
+    top = report.get("details", {}).get("leave_top_compute_out") or {}
+    if "items" in top:
+        lines.append(f"leave-top-compute-out ({top['held_out']}): max error loss "
+                     f"{100 * top['loss_max_abs_rel_error']:.2f}%")
     t = report.get("target")
     if t:
         loss = f"{t['loss']:.4f}" if t.get("loss") is not None else "n/a"
