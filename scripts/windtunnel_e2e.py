@@ -119,7 +119,7 @@ def train_all(jobs: list[tuple[str, Path, int, callable]], cfg: dict, progress: 
 
 def stage_sweep(cfg: dict, progress: Progress) -> tuple[Path, dict]:
     spec = load_sweep(cfg["proxies"])
-    spec.out_dir = cfg["out_dir"] / "proxies"
+    spec.out_dir = Path(cfg.get("sweep_dir") or cfg["out_dir"] / "proxies")  # sweep_dir: reuse finished proxies
     runs = expand(spec)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     (spec.out_dir / "plan.json").write_text(json.dumps(manifest(spec, runs), indent=2))
