@@ -127,23 +127,25 @@ def plot(r: dict, path: Path) -> None:
         mine = [p for p in pts if p["N"] == n]
         d_hi = max([p["D"] for p in mine] + [t["D"] for t in r["targets"] if t["N"] == n])
         d_lo = min([p["D"] for p in mine] + [t["D"] for t in r["targets"] if t["N"] == n])
-        D = np.geomspace(d_lo / 1.5, d_hi * 1.5, 50)
+        D = np.geomspace(d_lo, d_hi * 1.2, 50)
         if law.predict is not None:
             ax.plot(6 * n * D, law.predict(r["params"], n, D), color=color[n], lw=1, alpha=0.7)
         if mine:
             ax.scatter([6 * n * p["D"] for p in mine], [p["loss"] for p in mine], color=color[n], s=18,
                        label=f"N = {n / 1e3:.0f}K")
-    for t in r["targets"]:
+    for k, t in enumerate(r["targets"]):
         c, lo, hi = t["C_6ND"], *(t["ci"] or (t["predicted"], t["predicted"]))
         ax.errorbar([c], [t["predicted"]], yerr=[[t["predicted"] - lo], [hi - t["predicted"]]], fmt="o",
                     color=color[t["N"]], mfc="white", capsize=4)
         ax.scatter([c], [t["actual"]], marker="*", s=140, color="red", zorder=5)
         ax.annotate(f"{t['target']}: {100 * t['error']:+.1f} %", (c, t["actual"]), textcoords="offset points",
-                    xytext=(6, -12), fontsize=8)
+                    xytext=(-170, 16 + 11 * k), fontsize=8)
+    lows = [t["actual"] for t in r["targets"]] + [(t["ci"] or [t["predicted"]])[0] for t in r["targets"]]
+    ax.set_ylim(0.95 * min(lows), 1.05 * max(p["loss"] for p in pts))
     ax.set_xscale("log")
     ax.set_xlabel("training compute 6ND (N non-embedding)")
     ax.set_ylabel("final validation loss (nats/byte)")
-    ax.set_title(f"{r['law']} fit on {len(pts)} proxy points; targets: predicted (o, 95 % CI) vs actual (*)",
+    ax.set_title(f"{r['law']} fit on the proxies (dots); targets: predicted (o, 95 % CI) vs actual (*)",
                  fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
