@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from windtunnel.scaling.laws import chinchilla_optimal, chinchilla_predict
 
 # Hoffmann et al.'s published Approach-3 values: a realistic surface to sample from.
 CHINCHILLA_TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# ../shared/data beside the repository root; WINDTUNNEL_SHARED_DATA points elsewhere (e.g. from a worktree)
+SHARED_DATA = Path(os.environ.get("WINDTUNNEL_SHARED_DATA") or
+                   Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_emit_uses_the_lr_bs_law_and_the_n_kind(tmp_path, monkeypatch):
                  "--bootstrap", "0", "--emit", str(tmp_path / "t.yaml"), "--base", str(base), "--n-kind", "total",
                  "--json", str(tmp_path / "r.json")])
     assert code == 0
-    assert calls == [(1e9, {"count": "total"})]
+    assert calls == [(1e9, {"count": "total", "keep_group": True})]
     report = json.loads((tmp_path / "r.json").read_text())
     assert "hparams_law" in report and report["details"]["notes"][0].endswith("(N, D) cells by best loss")
     hp = report["target"]["hparams"]

@@ -47,6 +47,35 @@ def holdout_loss_law(fit: Callable, predict: Callable) -> Callable[[Points, dict
     return holdout
 
 
+TOP_BUDGET = 1.5  # points within this factor of the largest compute form the held-out top budget
+
+
+def holdout_top_compute(fit: Callable, predict: Callable, points: Points, options: dict) -> dict:
+    """Leave-top-compute-out for L(N, D) laws: refit without the largest compute budget (every size's
+    longest run) and predict it. Leave-largest-out extrapolates in N at fixed budgets; this one
+    extrapolates in compute, as the target does (the CPU end-to-end run needed it: docs/scaling.md)."""
+    held = points.C >= points.C.max() / TOP_BUDGET
+    train = points.subset(~held)
+    if len(np.unique(train.N)) < 3 or len(train) < 5:
+        return {"skipped": "too few points below the top compute budget"}
+    lf = fit(train, **options)
+    pred = predict(lf.params, points.N[held], points.D[held])
+    items = [item("loss", points, i, points.loss[i], p) for i, p in zip(np.flatnonzero(held), pred)]
+    return report(f"top compute budget C >= {points.C.max() / TOP_BUDGET:.3g} ({int(held.sum())} points)",
+                  len(train), items)
+
+
+def top_compute_warning(rep: dict | None) -> list[str]:
+    if not rep or "items" not in rep:
+        return []
+    errs = [i["rel_error"] for i in rep["items"]]
+    worst = max(errs, key=abs)
+    if abs(worst) <= LOSS_TOLERANCE:
+        return []
+    return [f"leave-top-compute-out: the top budget's losses are predicted {100 * min(errs):+.1f}% to "
+            f"{100 * max(errs):+.1f}% from the runs below it: extrapolating in compute is not supported"]
+
+
 def holdout_warnings(holdout: dict | None) -> list[str]:
     if not holdout or "items" not in holdout:
         return []
@@ -74,10 +103,27 @@ def scale_warnings(points: Points, kind: str, n_params: int) -> list[str]:
         out.append(f"only {n_tokens} distinct token counts: the data term is not identifiable (need >= 3)")
     if kind == "loss" and len(points) < 2 * n_params:
         out.append(f"{len(points)} points for {n_params} parameters: the fit is barely determined")
+    if kind == "loss":
+        out += short_run_warning(points)
     spread = points.C.max() / points.C.min()
     if spread < 10:
         out.append(f"the runs span only a factor {spread:.1f} in compute (less than one decade)")
     return out
+
+
+MIN_STEPS = 400  # the CPU end-to-end run: points below ~400 steps (20x warmup) bent the law (docs/scaling.md)
+
+
+def short_run_warning(points: Points, min_steps: int = MIN_STEPS) -> list[str]:
+    """Points trained for few optimizer steps (D / batch) are still in the early-training transient."""
+    steps = points.D / points.batch
+    short = np.isfinite(steps) & (steps < min_steps)
+    if not short.any():
+        return []
+    batch = float(np.nanmax(points.batch[short]))
+    return [f"{int(short.sum())} of {len(points)} points trained for fewer than {min_steps} optimizer steps "
+            f"(as few as {int(np.nanmin(steps[short]))}): early-training losses bend L(N, D); "
+            f"consider --where 'D>={min_steps * batch:.3g}'"]
 
 
 def ci_warnings(params: dict, ci: dict, names: list[str]) -> list[str]:

@@ -11,7 +11,8 @@ from threadpoolctl import threadpool_limits
 
 from . import frontier, hparams, laws
 from .bootstrap import bootstrap_fits, percentile_ci
-from .checks import ci_warnings, holdout_loss_law, holdout_warnings, scale_warnings
+from .checks import (ci_warnings, holdout_loss_law, holdout_top_compute, holdout_warnings, scale_warnings,
+                     top_compute_warning)
 from .points import Points
 from .result import FitResult, Law
 
@@ -55,20 +56,48 @@ def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, hol
     if impl.kind != "hparams":
         reduced = points.best_per_cell()
         if len(reduced) < len(points):
-            notes.append(f"{len(points)} runs reduced to {len(reduced)} (N, D) cells by best loss")
+            dup = points.duplicates()
+            notes.append(f"{len(points)} runs reduced to {len(reduced)} (N, D) cells by best loss"
+                         + (f" ({dup} exact duplicate rows collapsed)" if dup else ""))
         points = reduced
+    too_few(impl, points, options)
     estimate = impl.fit(points, **options)
     samples, failures = bootstrap_fits(impl, points, estimate, bootstrap, seed, options) if bootstrap else ([], 0)
     ci = percentile_ci(samples, level)
-    warnings = scale_warnings(points, impl.kind, impl.n_params) + estimate.warnings
+    warnings = list(points.warnings) + scale_warnings(points, impl.kind, impl.n_params) + estimate.warnings
     warnings += ci_warnings({**estimate.params, **estimate.derived}, ci, EXPONENTS)
+    fixed = ("beta", "a", "b") if options.get("tie") else ()  # equal by construction when tied
+    flat = [k for k, (lo, hi) in ci.items() if k in EXPONENTS and k not in fixed and lo == hi]
+    if flat:
+        warnings.append(f"bootstrap: zero-width intervals for {', '.join(flat)}: every resample gave the same "
+                        "fit (too few distinct points); the intervals mean nothing")
     if bootstrap and failures > 0.1 * bootstrap:
         warnings.append(f"bootstrap: {failures} of {bootstrap} refits failed: the fit is fragile")
     report = leave_largest_out(impl, points, options) if holdout else None
     warnings += holdout_warnings(report)
     details = {**estimate.details, **({"notes": notes} if notes else {})}
+    if holdout and impl.kind == "loss":
+        details["leave_top_compute_out"] = leave_top_compute_out(impl, points, options)
+        warnings += top_compute_warning(details["leave_top_compute_out"])
     return FitResult(impl.name, estimate.params, ci, warnings, points, impl, estimate.derived, details, samples,
                      report, level, failures)
+
+
+def too_few(impl: Law, points: Points, options: dict) -> None:
+    """Refuse a fit with fewer points than free parameters: it would 'succeed' with zero-width CIs."""
+    n_params = impl.n_params - (1 if options.get("tie") else 0)
+    if impl.kind == "loss" and len(points) < n_params:
+        raise ValueError(f"{impl.name}: {len(points)} distinct (N, D) point(s) for {n_params} parameters: "
+                         f"need at least {n_params} (and more for meaningful intervals)")
+    if impl.kind == "frontier" and len(np.unique(points.C)) < 2:
+        raise ValueError(f"{impl.name}: {len(points)} point(s) at one compute: need several budgets")
+
+
+def leave_top_compute_out(impl: Law, points: Points, options: dict) -> dict:
+    try:
+        return holdout_top_compute(impl.fit, impl.predict, points, options)
+    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+        return {"skipped": f"refit without the top compute budget failed: {e}"}
 
 
 def leave_largest_out(impl: Law, points: Points, options: dict) -> dict:

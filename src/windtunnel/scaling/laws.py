@@ -33,6 +33,16 @@ def chinchilla_model(x: np.ndarray, y: np.ndarray):
     return model
 
 
+def tied_model(x: np.ndarray, y: np.ndarray):
+    """The single-exponent form of Gadre et al. (2024): alpha = beta; theta = (a, b, e, alpha)."""
+    full = chinchilla_model(x, y)
+
+    def model(theta: np.ndarray):
+        value, jac = full(np.append(theta, theta[3]))
+        return value, np.column_stack([jac[:, :3], jac[:, 3] + jac[:, 4]])
+    return model
+
+
 def chinchilla_params(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = map(float, theta)
     return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
@@ -59,10 +69,18 @@ def chinchilla_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def fit_chinchilla(points: Points, start: dict | None = None, delta: float = HUBER_DELTA,
-                   refine: int = 32) -> LawFit:
-    model = chinchilla_model(np.log(points.N), np.log(points.D))
+                   refine: int = 32, tie: bool = False) -> LawFit:
+    """`tie=True`: one exponent for N and D (alpha = beta, Gadre et al. 2024), 4 free parameters."""
+    if not np.isfinite(delta) or delta <= 0:
+        raise ValueError(f"--huber-delta: must be a positive number, got {delta}")
+    x, y = np.log(points.N), np.log(points.D)
     starts = chinchilla_theta(start)[None] if start else CHINCHILLA_GRID
-    opt = huber_fit(model, np.log(points.loss), starts, CHINCHILLA_BOUNDS, delta, refine)
+    if tie:
+        starts = np.unique(starts[:, :4], axis=0)
+        opt = huber_fit(tied_model(x, y), np.log(points.loss), starts, CHINCHILLA_BOUNDS[:4], delta, refine)
+        opt.theta = np.append(opt.theta, opt.theta[3])
+    else:
+        opt = huber_fit(chinchilla_model(x, y), np.log(points.loss), starts, CHINCHILLA_BOUNDS, delta, refine)
     params = chinchilla_params(opt.theta)
     bound = at_bounds(opt.theta, CHINCHILLA_BOUNDS, CHINCHILLA_THETA)
     warnings = [f"chinchilla: {name} is at its bound ({params_name(name)} = {_fmt(params, name)}): "
@@ -71,8 +89,8 @@ def fit_chinchilla(points: Points, start: dict | None = None, delta: float = HUB
     if params["alpha"] > 0 and params["beta"] > 0:  # N_opt ∝ C^a, D_opt ∝ C^b (Hoffmann et al. eq. 4)
         derived["a"] = params["beta"] / (params["alpha"] + params["beta"])
         derived["b"] = params["alpha"] / (params["alpha"] + params["beta"])
-    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta},
-                  derived)
+    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta,
+                                     "tied_exponents": tie}, derived)
 
 
 def params_name(theta_name: str) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import filters
+
 N_KINDS = {  # --n-kind -> summary.json key ("active" is the MoE analogue of non-embedding)
     "non_embedding": "non_embedding_params",
     "total": "params",
@@ -24,7 +26,8 @@ CSV_DEFAULTS = {  # canonical column -> names tried (case-insensitive) when --co
     "N": ("n", "params", "model size", "n_params"),
     "D": ("d", "tokens", "t_tokens"),
     "C": ("c", "flops", "training flop", "compute"),
-    "loss": ("loss", "val_loss", "final_val_loss"),
+    # a smoothed loss first: Step Law's grid has both, and its fits use "smooth loss" (Li et al. 2025)
+    "loss": ("smooth loss", "smooth_loss", "smoothed_loss", "loss", "val_loss", "final_val_loss"),
     "lr": ("lr", "learning_rate"),
     "batch": ("batch", "batch_tokens", "bs"),
 }
@@ -42,6 +45,8 @@ class Points:
     n_kind: str = "non_embedding"
     recipes: dict[str, str] = field(default_factory=dict)  # label -> recipe.yaml of that run
     skipped: list[str] = field(default_factory=list)  # why runs were left out
+    notes: list[str] = field(default_factory=list)  # what the reader chose or dropped (text output too)
+    warnings: list[str] = field(default_factory=list)  # e.g. a column that splits the rows into groups
 
     @classmethod
     def from_arrays(cls, N, D=None, loss=None, C=None, lr=None, batch=None, n_kind: str = "non_embedding",
@@ -74,7 +79,8 @@ class Points:
         """Rows selected by a boolean mask or an index array (repeats allowed: bootstrap)."""
         idx = np.arange(len(self))[index]
         return Points(self.N[idx], self.D[idx], self.C[idx], self.loss[idx], self.lr[idx], self.batch[idx],
-                      [self.labels[i] for i in idx], self.n_kind, self.recipes, self.skipped)
+                      [self.labels[i] for i in idx], self.n_kind, self.recipes, self.skipped, self.notes,
+                      self.warnings)
 
     def best_per_cell(self) -> "Points":
         """Keep the lowest-loss row of each (N, D) cell: with LR/batch axes in a sweep, the loss laws
@@ -100,7 +106,11 @@ class Points:
                 "D_range": [float(self.D.min()), float(self.D.max())],
                 "C_range": [float(self.C.min()), float(self.C.max())],
                 "loss_range": [float(self.loss.min()), float(self.loss.max())], "n_kind": self.n_kind,
-                "skipped": list(self.skipped)}
+                "skipped": list(self.skipped), "notes": list(self.notes)}
+
+    def duplicates(self) -> int:
+        """Rows repeating an earlier row's (N, D, loss) exactly."""
+        return len(self) - len({(n, d, l) for n, d, l in zip(self.N, self.D, self.loss)})
 
 
 def _array(name: str, values) -> np.ndarray:
@@ -114,8 +124,9 @@ def _array(name: str, values) -> np.ndarray:
 # ----------------------------------------------------------------------------- sweep directories
 
 
-def collect_sweep(root: str | Path, n_kind: str = "non_embedding") -> Points:
-    """One point per completed run under `root` (summary.json), plus one per WSD decay branch."""
+def collect_sweep(root: str | Path, n_kind: str = "non_embedding", where=None, exclude=None) -> Points:
+    """One point per completed run under `root` (summary.json), plus one per WSD decay branch.
+    `where`/`exclude` (filters.Condition lists) see the columns N, D, C, loss, lr, batch and run."""
     root = Path(root)
     if n_kind not in N_KINDS:
         raise ValueError(f"--n-kind: {n_kind!r} is not one of {', '.join(N_KINDS)}")
@@ -137,11 +148,25 @@ def collect_sweep(root: str | Path, n_kind: str = "non_embedding") -> Points:
         rows.extend(_rows_of_run(label, s, n_kind))
     if not rows:
         raise ValueError(f"{root}: no completed run with summary.json found ({len(skipped)} skipped)")
+    conds, drops = _conditions(where), list(exclude or [])
+    for c in conds + drops:
+        if c.column not in SWEEP_COLUMNS:
+            raise ValueError(f"--where/--exclude: column {c.column!r} is not one of {', '.join(SWEEP_COLUMNS)}")
+    n_read = len(rows)
+    rows = [r for r in rows if filters.keep_row(lambda col, r=r: r["label"].split("@")[0] if col == "run" else r[col],
+                                                conds, drops)]
+    if not rows:
+        raise ValueError(f"{root}: no points left after --where/--exclude ({filters.describe(conds, drops)})")
     cols = {k: [r[k] for r in rows] for k in COLUMNS}
     pts = Points.from_arrays(cols["N"], cols["D"], cols["loss"], C=cols["C"], lr=cols["lr"], batch=cols["batch"],
                              n_kind=n_kind, labels=[r["label"] for r in rows])
     pts.recipes, pts.skipped = recipes, skipped
+    pts.notes = ([f"kept {len(rows)} of {n_read} points ({filters.describe(conds, drops)})"]
+                 if conds or drops else []) + [f"skipped {s}" for s in skipped]
     return pts
+
+
+SWEEP_COLUMNS = ("N", "D", "C", "loss", "lr", "batch", "run")
 
 
 def _skip_reason(s: dict, n_kind: str) -> str | None:
@@ -172,7 +197,7 @@ def _rows_of_run(label: str, s: dict, n_kind: str) -> list[dict]:
 # ----------------------------------------------------------------------------- CSV
 
 
-def parse_columns(spec: str | None) -> dict[str, str]:
+def parse_columns(spec: str | None, keys=COLUMNS) -> dict[str, str]:
     """`N=Model Size,loss=loss` -> {"N": "Model Size", "loss": "loss"}."""
     if not spec:
         return {}
@@ -180,43 +205,128 @@ def parse_columns(spec: str | None) -> dict[str, str]:
     for item in spec.split(","):
         key, sep, name = item.partition("=")
         key = key.strip()
-        if not sep or key not in COLUMNS or not name.strip():
-            raise ValueError(f"--columns: bad item {item!r} (expected KEY=CSV_COLUMN, KEY in {', '.join(COLUMNS)})")
+        if not sep or key not in keys or not name.strip():
+            raise ValueError(f"--columns: bad item {item!r} (expected KEY=CSV_COLUMN, KEY in {', '.join(keys)})")
         out[key] = name.strip()
     return out
 
 
 def read_csv(path: str | Path, columns: dict[str, str] | None = None, n_kind: str = "non_embedding",
-             where: dict[str, str] | None = None) -> Points:
-    """Points from a CSV. `where={"config_id": "..."}` keeps only rows with those exact values."""
+             where: dict[str, str] | list | None = None, exclude: list | None = None,
+             batch_unit: str | None = None, seq_len: float | None = None) -> Points:
+    """Points from a CSV. `where`: {"config_id": "..."} or filters.Condition list (--where);
+    `exclude`: Conditions whose matching rows are dropped; `batch_unit`: "tokens" or "sequences"
+    (then the batch column is multiplied by `seq_len` or a seq_len column)."""
     path = Path(path)
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            table = list(reader)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read CSV ({e.strerror})") from None
+    header, table = _read_table(path)
     mapping = _resolve_columns(path, header, columns or {})
-    for col, value in (where or {}).items():
-        if col not in header:
-            raise ValueError(f"{path}: --where column {col!r} not in the header")
-        table = [row for row in table if row[col] == value]
+    conds, drops = _conditions(where), list(exclude or [])
+    for c in conds + drops:
+        if c.column not in header and c.column not in mapping:
+            raise ValueError(f"{path}: --where/--exclude column {c.column!r} not in the header "
+                             f"(have: {', '.join(header)})")
+    n_read = len(table)
+    table = [row for row in table if filters.keep_row(lambda col, row=row: row.get(col, row.get(mapping.get(col))),
+                                                      conds, drops)]
     if not table:
-        raise ValueError(f"{path}: no rows (after --where filters)")
+        raise ValueError(f"{path}: no rows (after --where/--exclude filters)")
     values = {key: np.array([_cell(path, i, row[name], name) for i, row in enumerate(table)])
               for key, name in mapping.items()}
-    required = [values[k] for k in ("N", "loss", "D" if "D" in values else "C")]
-    usable = np.all([np.isfinite(v) & (v > 0) for v in required], axis=0)
+    notes = [f"{path.name}: kept {len(table)} of {n_read} rows ({filters.describe(conds, drops)})"] \
+        if conds or drops else []
+    if "batch" in values:
+        values["batch"], note = _batch_tokens(path, values["batch"], mapping["batch"], table, header,
+                                              batch_unit, seq_len)
+        notes.append(note)
+    required = {k: values[k] for k in ("N", "loss", "D" if "D" in values else "C")}
+    finite = np.all([np.isfinite(v) for v in required.values()], axis=0)
+    positive = np.all([~np.isfinite(v) | (v > 0) for v in required.values()], axis=0)
+    usable = finite & positive
     if not usable.any():
         raise ValueError(f"{path}: no row has positive, finite N, loss and D (or C)")
     values = {k: v[usable] for k, v in values.items()}
     pts = Points.from_arrays(values["N"], values.get("D"), values.get("loss"), C=values.get("C"),
                              lr=values.get("lr"), batch=values.get("batch"), n_kind=n_kind,
                              labels=[f"{path.name}:{i + 2}" for i in np.flatnonzero(usable)])
-    if not usable.all():
-        pts.skipped = [f"{path.name}: {int((~usable).sum())} rows with missing or non-positive N/loss/D"]
+    names = "/".join(mapping[k] for k in required)
+    for count, why in ((int((~finite).sum()), "a missing or non-finite (NaN, inf)"),
+                       (int((finite & ~positive).sum()), "a zero or negative")):
+        if count:
+            pts.skipped.append(f"{path.name}: {count} rows dropped: {why} value in {names}")
+    if mapping["loss"].lower() != "loss" and "loss" in {h.lower() for h in header}:
+        notes.append(f"{path.name}: loss read from column {mapping['loss']!r}, not the raw 'loss' column")
+    pts.notes = notes + pts.skipped
+    pts.warnings = group_warnings(path, header, table, mapping, conds)
     return pts
+
+
+def _read_table(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows; utf-8-sig so that a BOM does not become part of the first column's name."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return [h.strip() for h in reader.fieldnames or []], [
+                {k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read CSV ({e.strerror})") from None
+
+
+def _conditions(where) -> list:
+    if isinstance(where, dict):  # the older {column: value} form
+        return [filters.Condition(k, "=", str(v)) for k, v in where.items()]
+    return list(where or [])
+
+
+BATCH_UNITS = ("tokens", "sequences")
+
+
+def _batch_tokens(path: Path, batch: np.ndarray, column: str, table: list[dict], header: list[str],
+                  unit: str | None, seq_len: float | None) -> tuple[np.ndarray, str]:
+    """The batch column in tokens per optimizer step (the fitter's unit)."""
+    if unit is None:
+        return batch, (f"{path.name}: batch column {column!r} read as tokens per step; if it counts "
+                       "sequences pass --batch-unit sequences (with --seq-len or a seq_len column)")
+    if unit not in BATCH_UNITS:
+        raise ValueError(f"--batch-unit: {unit!r} is not one of {', '.join(BATCH_UNITS)}")
+    if unit == "tokens":
+        return batch, f"{path.name}: batch column {column!r} in tokens"
+    if seq_len is None:
+        col = next((h for h in header if h.lower() in ("seq_len", "seq_length", "context_length")), None)
+        if col is None:
+            raise ValueError(f"{path}: --batch-unit sequences needs --seq-len or a seq_len column")
+        lengths = np.array([_cell(path, i, row[col], col) for i, row in enumerate(table)])
+        return batch * lengths, f"{path.name}: batch column {column!r} in sequences x column {col!r}"
+    if not np.isfinite(seq_len) or seq_len <= 0:
+        raise ValueError(f"--seq-len: must be a positive number, got {seq_len}")
+    return batch * seq_len, f"{path.name}: batch column {column!r} in sequences x --seq-len {seq_len:g}"
+
+
+MAX_GROUPS = 30
+
+
+def group_warnings(path: Path, header: list[str], table: list[dict], mapping: dict, where: list) -> list[str]:
+    """Text columns that split the rows into a few distinct groups (several configurations, datasets,
+    as in Porian et al.'s data): one law over all of them mixes different curves."""
+    used = set(mapping.values()) | {c.column for c in where}
+    splits = []
+    for col in header:
+        if col in used:
+            continue
+        values = [row[col] for row in table]
+        if any(filters.parse_number(v) is not None for v in values if v):
+            continue
+        distinct = sorted(set(values))
+        if 2 <= len(distinct) <= min(MAX_GROUPS, len(values) // 2):
+            shown = ", ".join(distinct[:3]) + (", ..." if len(distinct) > 3 else "")
+            splits.append(f"{col} ({len(distinct)}: {shown})")
+    if not splits:
+        return []
+    return [f"{path.name}: columns split the rows into distinct groups, fitted as one law: {'; '.join(splits)}; "
+            f"select one with --where COL=VALUE"]
 
 
 def _resolve_columns(path: Path, header: list[str], columns: dict[str, str]) -> dict[str, str]:
@@ -250,11 +360,12 @@ def _cell(path: Path, i: int, text: str, column: str) -> float:
 
 
 def load_points(source: str | Path, n_kind: str = "non_embedding", columns: dict[str, str] | None = None,
-                where: dict[str, str] | None = None) -> Points:
+                where: dict[str, str] | list | None = None, exclude: list | None = None,
+                batch_unit: str | None = None, seq_len: float | None = None) -> Points:
     """A sweep directory or a CSV file."""
     source = Path(source)
     if source.is_dir():
-        return collect_sweep(source, n_kind)
+        return collect_sweep(source, n_kind, where, exclude)
     if source.is_file():
-        return read_csv(source, columns, n_kind, where)
+        return read_csv(source, columns, n_kind, where, exclude, batch_unit, seq_len)
     raise ValueError(f"{source}: no such sweep directory or CSV file")

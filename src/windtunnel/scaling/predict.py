@@ -84,13 +84,35 @@ def default_shape_fn() -> Callable[[float, dict], dict]:
     return shape_for_params
 
 
+def family_rules(recipes: list[str | Path]) -> dict:
+    """The scale-family rules the proxy runs followed, read from their recipe.yaml files, so that the
+    target is one more member of the same family: their common head dim, and their depth when every
+    run had the same n_layers (otherwise the base's aspect ratio, shape_for_params' default)."""
+    models = [(load_yaml_tree(Path(r)).get("model") or {}) for r in recipes]
+    if len(models) < 2:
+        return {}
+    shapes = {(m.get("d_model", 256), m.get("n_layers", 4), m.get("n_heads", 4)) for m in models}
+    rules = {}
+    head_dims = {d // h for d, _, h in shapes if h and d % h == 0}
+    if len(head_dims) == 1:
+        rules["head_dim"] = head_dims.pop()
+    depths = {n for _, n, _ in shapes}
+    if len(depths) == 1 and len(shapes) > 1:
+        rules["depth"] = depths.pop()
+    return rules
+
+
 def emit_recipe(target: dict, base: str | Path, out: str | Path, n_kind: str = "non_embedding",
-                shape_fn: Callable[[float, dict], dict] | None = None, note: str = "") -> Path:
-    """Write a recipe for the target run: `base` with the model shaped for N*, train.tokens = D*,
-    the suggested LR and batch, and out_dir cleared. Validated through Recipe before writing."""
+                shape_fn: Callable[..., dict] | None = None, note: str = "",
+                rules: dict | None = None) -> tuple[Path, dict]:
+    """Write a recipe for the target run: `base` with the model shaped for N* by the family `rules`
+    (head_dim/depth/aspect; the GQA group is kept), train.tokens = D*, the suggested LR and batch,
+    out_dir cleared. Validated through Recipe before writing. Returns the path and what the recipe
+    will actually train (N of the shape found, D rounded down to whole steps), so that the
+    prediction can be restated for the run that is trained rather than the ideal N*, D*."""
     shape_fn = shape_fn or default_shape_fn()
     raw = load_yaml_tree(Path(base))
-    raw["model"] = _shape(target["N"], raw.get("model") or {}, n_kind, shape_fn)
+    raw["model"] = _shape(target["N"], raw.get("model") or {}, n_kind, shape_fn, rules or {})
     train = raw.setdefault("train", {})
     train["tokens"], train["steps"] = int(round(target["D"])), None
     hp = target.get("hparams") or {}
@@ -102,9 +124,55 @@ def emit_recipe(target: dict, base: str | Path, out: str | Path, n_kind: str = "
     raw["out_dir"] = None
     raw.setdefault("logging", {})["run_name"] = None
     recipe = Recipe.from_dict(raw, source=str(out))
+    actual = emitted_run(recipe, n_kind)
+    actual["warnings"] = kept_from_base(recipe, hp, base)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_header(target, note) + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    out.write_text(_header(target, note, actual) + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return out, actual
+
+
+def kept_from_base(recipe: Recipe, hp: dict, base: str | Path) -> list[str]:
+    """Say loudly what the target inherits unfitted from the base recipe."""
+    data = recipe.data.dataset or ",".join(recipe.data.paths) or recipe.data.source
+    kept = []
+    if "lr" not in hp:
+        kept.append(f"optim.lr = {recipe.optim.lr:g}")
+    if "batch" not in hp:
+        kept.append(f"batch {recipe.tokens_per_step} tokens/step per process")
+    out = []
+    if kept:
+        out.append(f"--emit: {' and '.join(kept)} NOT fitted (no LR/batch axes in the source): kept from "
+                   f"the base {base}; right only if the proxies used them too and they transfer to N*")
+    out.append(f"--emit: data ({recipe.data.source}: {data}) and tokenizer ({recipe.tokenizer.kind}) are the base's")
+    return out
+
+
+def emitted_run(recipe: Recipe, n_kind: str = "non_embedding") -> dict:
+    """N (of kind n_kind), D and C = 6ND of the run a recipe trains on one process."""
+    from ..sweep.families import model_params
+    from ..sweep.plan import planning_vocab
+
+    tree = recipe.to_dict()
+    model = {**tree["model"], "vocab_size": tree["model"].get("vocab_size") or planning_vocab(tree)}
+    N = float(model_params(model, SHAPE_COUNTS[n_kind]))
+    D = float(recipe.total_steps() * recipe.tokens_per_step)
+    return {"N": N, "D": D, "C": 6.0 * N * D, "lr": recipe.optim.lr,
+            "batch": float(recipe.tokens_per_step), "d_model": recipe.model.d_model,
+            "n_layers": recipe.model.n_layers, "n_heads": recipe.model.n_heads,
+            "n_kv_heads": recipe.model.kv_heads}
+
+
+def restate_for_emitted(result: FitResult, target: dict, actual: dict) -> dict:
+    """The prediction at the emitted (N, D): the shape family and whole steps move N and D off N*, D*."""
+    out = dict(actual)
+    if result.impl.predict is not None:
+        out["loss"] = float(result.predict(actual["N"], actual["D"]))
+        band = result.predict_interval(actual["N"], actual["D"])
+        if band:
+            out["loss_ci"] = _pair(band)
+    out["N_vs_target"] = actual["N"] / target["N"]
+    out["D_vs_target"] = actual["D"] / target["D"]
     return out
 
 
@@ -112,13 +180,15 @@ def emit_recipe(target: dict, base: str | Path, out: str | Path, n_kind: str = "
 SHAPE_COUNTS = {"non_embedding": "non_embedding", "total": "total", "active": "active_non_embedding"}
 
 
-def _shape(N: float, base_model: dict, n_kind: str, shape_fn: Callable) -> dict:
+def _shape(N: float, base_model: dict, n_kind: str, shape_fn: Callable, rules: dict) -> dict:
     """Model section with N parameters of kind n_kind (sized by the sweep's scale-family rules)."""
-    extra = {} if n_kind == "non_embedding" else {"count": SHAPE_COUNTS[n_kind]}
+    extra = {**rules, "keep_group": True}
+    if n_kind != "non_embedding":
+        extra["count"] = SHAPE_COUNTS[n_kind]
     return deep_merge(base_model, shape_fn(N, base_model, **extra))
 
 
-def _header(target: dict, note: str) -> str:
+def _header(target: dict, note: str, actual: dict | None = None) -> str:
     loss = target.get("loss")
     ci = target.get("loss_ci")
     lines = [f"# written by `windtunnel fit`{': ' + note if note else ''}",
@@ -126,9 +196,13 @@ def _header(target: dict, note: str) -> str:
              f"tokens, C = {target['C']:.4g} FLOPs"]
     if loss is not None:
         lines.append(f"# predicted loss {loss:.4f}" + (f" (CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
+    if actual:
+        lines.append(f"# this recipe trains N = {actual['N']:.4g}, D = {actual['D']:.4g} tokens "
+                     f"(d_model {actual['d_model']}, {actual['n_layers']} layers, "
+                     f"{actual['n_heads']}q/{actual['n_kv_heads']}kv heads)")
     hp = target.get("hparams") or {}
     if "batch" in hp:
         lines.append(f"# suggested global batch {hp['batch']:.4g} tokens: train.batch_size assumes one process; "
                      "divide it by the number of processes")
-    lines += [f"# warning: {w}" for w in target.get("warnings", [])]
+    lines += [f"# warning: {w}" for w in target.get("warnings", []) + (actual or {}).get("warnings", [])]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ def write_report(report: dict, path: str | Path) -> Path:
 def format_summary(report: dict) -> str:
     lines = [f"law {report['law']} on {report['data']['points']} points "
              f"({report['data']['distinct_N']} model sizes, N = {report['n_kind']})"]
+    lines += [f"  data: {n}" for n in report["data"].get("notes", []) + report.get("details", {}).get("notes", [])]
     ci = report.get("ci", {})
     for name, value in {**report["params"], **report.get("derived", {})}.items():
         band = f"  [{ci[name][0]:.4g}, {ci[name][1]:.4g}]" if name in ci else ""
@@ -43,12 +44,22 @@ def format_summary(report: dict) -> str:
         errs = ", ".join(f"{k.removesuffix('_max_abs_rel_error')} {100 * v:.2f}%"
                          for k, v in hold.items() if k.endswith("_max_abs_rel_error"))
         lines.append(f"leave-largest-out ({hold['held_out']}): max error {errs}")
+    top = report.get("details", {}).get("leave_top_compute_out") or {}
+    if "items" in top:
+        lines.append(f"leave-top-compute-out ({top['held_out']}): max error loss "
+                     f"{100 * top['loss_max_abs_rel_error']:.2f}%")
     t = report.get("target")
     if t:
         loss = f"{t['loss']:.4f}" if t.get("loss") is not None else "n/a"
         band = f" [{t['loss_ci'][0]:.4f}, {t['loss_ci'][1]:.4f}]" if t.get("loss_ci") else ""
         lines.append(f"target: N = {t['N']:.4g}, D = {t['D']:.4g} ({t['tokens_per_param']:.1f} tokens/param), "
                      f"C = {t['C']:.3g} ({t['extrapolation']:.1f}x the largest run): loss {loss}{band}")
+        e = t.get("emitted")
+        if e:
+            band = f" [{e['loss_ci'][0]:.4f}, {e['loss_ci'][1]:.4f}]" if e.get("loss_ci") else ""
+            loss = f": loss {e['loss']:.4f}{band}" if e.get("loss") is not None else ""
+            lines.append(f"emitted recipe: N = {e['N']:.4g}, D = {e['D']:.4g} (d_model {e['d_model']}, "
+                         f"{e['n_layers']} layers, {e['n_heads']}q/{e['n_kv_heads']}kv heads){loss}")
         hp = t.get("hparams") or {}
         if hp:
             lines.append("  suggested " + ", ".join(f"{k} = {hp[k]:.4g}" for k in ("lr", "batch") if k in hp))

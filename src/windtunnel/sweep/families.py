@@ -67,19 +67,21 @@ def model_params(model: dict, count: str = "non_embedding") -> int:
 
 def shape_for_params(target_non_embedding: float, base: dict, *, aspect: float | None = None,
                      head_dim: int | None = None, depth: int | None = None,
-                     count: str = "non_embedding") -> dict:
+                     count: str = "non_embedding", keep_group: bool = False) -> dict:
     """The `model` section whose `count` parameters are closest (in log) to the target.
 
     `base` is a model section dict (e.g. recipe.to_dict()["model"]); the shape rules are in the
     module docstring. Widths step by one head dim, so the match is within a few percent for
-    models above ~1M non-embedding parameters.
+    models above ~1M non-embedding parameters; `keep_group=True` steps by head dim x GQA group so that
+    every candidate keeps the base's query/KV group (a 32q/8kv base never becomes MHA).
     """
     if not target_non_embedding or target_non_embedding <= 0:
         raise RecipeError(f"sweep.scale.params: must be positive, got {target_non_embedding}")
     ref = _model_config(base)
     _, hd = _base_rules(ref, aspect, head_dim)
+    step = hd * (ref.n_heads // ref.kv_heads if keep_group else 1)
     best, best_err = None, math.inf
-    for d in range(hd, MAX_WIDTH + 1, hd):
+    for d in range(step, MAX_WIDTH + 1, step):
         shape = shape_for_width(d, base, aspect=aspect, head_dim=head_dim, depth=depth)
         n = model_params(shape, count)
         err = abs(math.log(n / target_non_embedding))
