@@ -139,7 +139,7 @@ def kept_from_base(recipe: Recipe, hp: dict, base: str | Path) -> list[str]:
     if "lr" not in hp:
         kept.append(f"optim.lr = {recipe.optim.lr:g}")
     if "batch" not in hp:
-        kept.append(f"batch {recipe.tokens_per_step} tokens/step per process")
+        kept.append(f"batch {recipe.tokens_per_step_per_rank} tokens/step per process")
     out = []
     if kept:
         out.append(f"--emit: {' and '.join(kept)} NOT fitted (no LR/batch axes in the source): kept from "
@@ -156,9 +156,9 @@ def emitted_run(recipe: Recipe, n_kind: str = "non_embedding") -> dict:
     tree = recipe.to_dict()
     model = {**tree["model"], "vocab_size": tree["model"].get("vocab_size") or planning_vocab(tree)}
     N = float(model_params(model, SHAPE_COUNTS[n_kind]))
-    D = float(recipe.total_steps() * recipe.tokens_per_step)
+    D = float(recipe.total_steps() * recipe.tokens_per_step_per_rank)
     return {"N": N, "D": D, "C": 6.0 * N * D, "lr": recipe.optim.lr,
-            "batch": float(recipe.tokens_per_step), "d_model": recipe.model.d_model,
+            "batch": float(recipe.tokens_per_step_per_rank), "d_model": recipe.model.d_model,
             "n_layers": recipe.model.n_layers, "n_heads": recipe.model.n_heads,
             "n_kv_heads": recipe.model.kv_heads}
 
