@@ -124,3 +124,10 @@ def test_branch_steps_honour_nan_policy_skip(tmp_path):
     branch_rows = [row for row in rows(tmp_path) if row.get("branch_tokens") == 512 and "loss" in row]
     assert math.isnan(branch_rows[0]["loss"]) and math.isfinite(branch_rows[1]["loss"])
     assert s["skipped_steps"] == 0  # the main run's steps were all taken
+
+
+def test_impossible_branch_is_refused_before_the_run_dir_is_touched(tmp_path):
+    r = recipe([30 * BATCH_TOKENS])  # past the end of a 24-step run: only known once steps are resolved
+    with pytest.raises(RecipeError, match="schedule.wsd.branches"):
+        Trainer(r, train_data=[torch.randint(0, 64, (4, 17))], out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

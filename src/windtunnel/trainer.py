@@ -60,6 +60,8 @@ class Trainer:
         self.recipe = self._resolve(recipe)
         self.total_steps = self.recipe.total_steps(self.world)
         self.schedule = Schedule.from_recipe(self.recipe, self.world, self.total_steps)
+        # planned now: a branch the run cannot take is refused before the run directory is touched
+        self.branches = DecayBranches.from_recipe(self.recipe, self.schedule, self.world)
         self.batches = TrainBatches(self, train_data)
 
     # ------------------------------------------------------------------ the loop
@@ -199,8 +201,7 @@ class Trainer:
                                                 r.logging.peak_tflops)
         self.metrics = MetricsLogger(self.run_dir, r, self.total_steps, acc.is_main_process)
         # the checkpoint comes last, so that it holds every callback's state after the step
-        first = [SpikeMonitor.from_recipe(r), DecayBranches.from_recipe(r, self.schedule, self.world),
-                 self.metrics, Evaluator()]
+        first = [SpikeMonitor.from_recipe(r), self.branches, self.metrics, Evaluator()]
         self.callbacks = [cb for cb in first if cb is not None] + self.user_callbacks + [Checkpointer()]
         state = TrainState(self)
         if resume_from is not None:
