@@ -105,15 +105,18 @@ def test_steplaw_quadratic_optima_land_in_the_published_intervals(shared_data):
     assert 0.13 < res.params["lr_D"] < 0.29
 
 
+def columns(rows: list[dict], *names: str) -> list[np.ndarray]:
+    """The named CSV columns of `rows` as float arrays."""
+    return [np.array([float(r[name]) for r in rows]) for name in names]
+
+
 def test_olmo_ladder_predicts_3b_7b_13b(shared_data):
     """OLMo ladder (Bhagia et al. 2024), C4 loss: fit on the 190M-1.3B runs (0.5-10x Chinchilla),
     predict the 3.2B runs and the full OLMo-2 7B (4T tokens) / 13B (5T) models. Measured errors:
     3.2B within 2.6%, 7B -1.1%, 13B -2.7% (both under-predicted: those runs use another schedule).
     Tolerance 3.5%: the regression guard is the measurement plus ~1 point."""
     rows = list(csv.DictReader(open(shared_data / "olmo_ladder" / "ladder_final_ce_losses.csv")))
-    N = np.array([float(r["N_nonembed"]) for r in rows])
-    D = np.array([float(r["throughput/total_tokens"]) for r in rows])
-    L = np.array([float(r["eval/c4_en-validation/CrossEntropyLoss"]) for r in rows])
+    N, D, L = columns(rows, "N_nonembed", "throughput/total_tokens", "eval/c4_en-validation/CrossEntropyLoss")
     small = N < 2e9
     res = fit_law("chinchilla", N=N[small], D=D[small], loss=L[small], bootstrap=0, refine=16)
     err = (res.predict(N[~small], D[~small]) - L[~small]) / L[~small]
@@ -131,10 +134,7 @@ def test_gadre_overtrained_runs(shared_data):
     rows = list(csv.DictReader(open(shared_data / "gadre_overtraining" / "models_loss.csv")))
     for dataset in ("c4_original", "rpj", "rw_original"):
         rs = [r for r in rows if r["dataset"] == dataset]
-        N = np.array([float(r["params_no_embed"]) for r in rs])
-        total = np.array([float(r["params"]) for r in rs])
-        D = np.array([float(r["tokens"]) for r in rs])
-        L = np.array([float(r["loss_c4_val"]) for r in rs])
+        N, total, D, L = columns(rs, "params_no_embed", "params", "tokens", "loss_c4_val")
         small = total < 1e9
         res = fit_law("chinchilla", N=N[small], D=D[small], loss=L[small], bootstrap=0, refine=8)
         err = (res.predict(N[~small], D[~small]) - L[~small]) / L[~small]
