@@ -13,7 +13,6 @@ import importlib.metadata as md
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .context import ROOT, Context
