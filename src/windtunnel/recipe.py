@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ class RecipeError(ValueError):
 
 # ----------------------------------------------------------------------------- sections
 
+# Default init gain c of std = c / sqrt(width): 0.5 gives GPT-2's 0.02 at width 768 and ~0.044 at width 128.
+INIT_GAIN = 0.5
+
 
 @dataclass
 class MupConfig:
@@ -32,6 +36,16 @@ class MupConfig:
     input_mult: float = 1.0  # multiplies the embedding output (tunable)
     output_mult: float = 1.0  # multiplies the readout logits on top of base_width/width
     attn_mult: float = 1.0  # multiplies the 1/d_head attention scale
+    # Per-group Adam LR multipliers at the base width (MiniCPM-style tunable constants; tune on the proxy,
+    # then transfer: the width/depth rules of mup.py multiply on top of these).
+    embed_lr_mult: float = 1.0  # token embedding (input role)
+    hidden_lr_mult: float = 1.0  # attention / MLP / expert / router matrices
+    readout_lr_mult: float = 1.0  # untied output head
+    vector_lr_mult: float = 1.0  # norm gains and biases
+    # Depth transfer: residual branches scaled by (base_depth / n_layers)^alpha with the matching LR/eps rules;
+    # completep = alpha 1 (Dey et al. 2025), sqrt = alpha 1/2 (MiniCPM scale_depth/sqrt(L), Yang et al. 2023).
+    depth_rule: Literal["none", "completep", "sqrt"] = "none"
+    base_depth: int | None = None  # n_layers of the tuned proxy; None = n_layers (no depth scaling)
 
 
 @dataclass
@@ -72,7 +86,7 @@ class ModelConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     z_loss: float = 0.0  # coefficient of the logit z-loss (PaLM): z * logsumexp(logits)^2
-    init_std: float = 0.02
+    init_std: float | None = None  # None = width-aware: INIT_GAIN / sqrt(d_model), at base_width under muP
     loss_chunk: int = 0  # >0: fused linear + cross-entropy over chunks of this many tokens
     parameterization: Literal["sp", "mup"] = "sp"
     mup: MupConfig = field(default_factory=MupConfig)
@@ -115,6 +129,16 @@ class ModelConfig:
     def mtp_depths(self) -> int:
         """Extra prediction depths (MTP heads) beyond the next token."""
         return self.mtp.n_future - 1
+
+    @property
+    def base_init_std(self) -> float:
+        """Init std of the embedding/readout and (at the base width) of the hidden matrices: model.init_std,
+        or when null INIT_GAIN / sqrt(width), width = d_model (sp) or mup.base_width (mup), so that hidden
+        matrices start at std ~ 1/sqrt(fan_in) at every width (muP's rules are its width-scaled form)."""
+        if self.init_std is not None:
+            return self.init_std
+        width = self.mup.base_width if self.parameterization == "mup" else self.d_model
+        return INIT_GAIN / math.sqrt(width)
 
     def dense(self) -> "ModelConfig":
         """The same model without MoE (MTP heads use dense blocks)."""
@@ -491,6 +515,20 @@ def validate(r: Recipe, source: str) -> None:
     if t.spike_policy == "skip" and d.strategy == "deepspeed":
         fail("train.spike_policy", "skip cannot drop an update under DeepSpeed (it steps inside backward); "
                                    "use log or rewind")
+    _validate_mup(m, fail)
+
+
+def _validate_mup(m: ModelConfig, fail) -> None:
+    """Bounds of the muP constants (model.mup.*) and of model.init_std."""
+    u = m.mup
+    for key in ("input_mult", "output_mult", "attn_mult", "embed_lr_mult", "hidden_lr_mult",
+                "readout_lr_mult", "vector_lr_mult"):
+        if not getattr(u, key) > 0:
+            fail(f"model.mup.{key}", f"must be positive, got {getattr(u, key)}")
+    for path, v in {"model.mup.base_depth": u.base_depth, "model.mup.base_head_dim": u.base_head_dim,
+                    "model.init_std": m.init_std}.items():
+        if v is not None and not v > 0:
+            fail(path, f"must be positive, got {v}")
 
 
 def _validate_moe_mtp(m: ModelConfig, fail) -> None:
