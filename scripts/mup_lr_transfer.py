@@ -24,9 +24,10 @@ from pathlib import Path
 from windtunnel.recipe import RecipeError
 from windtunnel.sweep.plan import PlannedRun, expand, load_sweep
 
-CSV_FIELDS = ("sweep", "parameterization", "depth_rule", "width", "depth", "lr", "seed", "variant",
+CSV_FIELDS = ("sweep", "parameterization", "depth_rule", "width", "depth", "lr", "seed", "variant", "base_width", "steps",
               "final_val_loss", "status", "params", "tokens", "wall_time_s")
-AXIS_KEYS = ("optim.lr", "model.parameterization", "train.seed", "model.n_layers")
+AXIS_KEYS = ("optim.lr", "model.parameterization", "train.seed", "model.n_layers", "model.d_model", "model.n_heads",
+             "model.n_kv_heads", "model.ffn_hidden")  # columns of their own, or set by the width family
 
 
 def run_or_load(run: PlannedRun, run_dir: Path, collect_only: bool) -> dict | None:
@@ -53,17 +54,20 @@ def row_for(sweep: str, run: PlannedRun, summary: dict | None) -> dict:
     return {"sweep": sweep, "parameterization": r.model.parameterization,
             "depth_rule": r.model.mup.depth_rule if r.model.parameterization == "mup" else "none",
             "width": r.model.d_model, "depth": r.model.n_layers, "lr": r.optim.lr, "seed": r.train.seed,
+            "base_width": r.model.mup.base_width, "steps": r.train.steps,
             "variant": variant, "final_val_loss": loss if loss is not None and math.isfinite(loss) else None,
             "status": summary.get("status") if summary else "missing", "params": run.params.total,
             "tokens": run.tokens, "wall_time_s": (summary or {}).get("wall_time_s")}
 
 
 def best_lrs(rows: list[dict], axis: str) -> dict[str, dict[str, dict]]:
-    """{par: {axis value: {"lr", "final_val_loss"}}} at the lowest validation loss (mean over seeds)."""
+    """{par: {axis value: {"lr", "final_val_loss"}}} at the lowest validation loss (mean over seeds); par is
+    the parameterization, followed by the run's other grid keys in brackets when it has any."""
     means: dict[tuple, list[float]] = {}
     for row in rows:
         if row["final_val_loss"] is not None:
-            means.setdefault((row["parameterization"], row[axis], row["lr"]), []).append(row["final_val_loss"])
+            par = row["parameterization"] + (f" [{row['variant']}]" if row["variant"] else "")
+            means.setdefault((par, row[axis], row["lr"]), []).append(row["final_val_loss"])
     out: dict[str, dict[str, dict]] = {}
     for (par, value, lr), losses in sorted(means.items()):
         loss = sum(losses) / len(losses)
