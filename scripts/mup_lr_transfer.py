@@ -96,7 +96,8 @@ def _curves(ax, rows: list[dict], axis: str, label: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("base learning rate (optim.lr)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def plot(panels: list[tuple[str, list[dict], str]], png: str | Path, title: str) -> None:
@@ -122,6 +123,25 @@ def plot(panels: list[tuple[str, list[dict], str]], png: str | Path, title: str)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def markdown_table(rows: list[dict], axis: str) -> str:
+    """Loss (mean over seeds) per LR, one line per (parameterization, width or depth); * marks the best."""
+    lrs = sorted({r["lr"] for r in rows})
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["final_val_loss"] is not None:
+            cells.setdefault((r["parameterization"], r[axis], r["lr"]), []).append(r["final_val_loss"])
+    lines = [f"| par | {axis} | " + " | ".join(f"{lr:g}" for lr in lrs) + " | best LR |",
+             "|---" * (len(lrs) + 3) + "|"]
+    for par, value in sorted({(k[0], k[1]) for k in cells}, key=lambda k: (k[0] != "sp", k[1])):
+        means = {lr: sum(v) / len(v) for (p, a, lr), v in cells.items() if (p, a) == (par, value)}
+        best = min(means, key=means.get)
+        row = [f"**{means[lr]:.3f}**" if lr == best else (f"{means[lr]:.3f}" if lr in means else "–") for lr in lrs]
+        seeds = max(len(v) for (p, a, _), v in cells.items() if (p, a) == (par, value))
+        lines.append(f"| {par} | {value}{f' ({seeds} seeds)' if seeds > 1 else ''} | " + " | ".join(row)
+                     + f" | {best:g} |")
+    return "\n".join(lines)
 
 
 def sweep_axis(rows: list[dict]) -> str:
@@ -151,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", help="plot path (default: <first out_dir>/transfer.png)")
     p.add_argument("--csv", help="write every run as a CSV row here")
     p.add_argument("--collect-only", action="store_true", help="plot finished runs only; train nothing")
+    p.add_argument("--markdown", action="store_true", help="also print a loss table per width / depth")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every base recipe (repeatable)")
     args = p.parse_args(argv)
@@ -174,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     png = args.png or Path(load_sweep(args.sweeps[0], args.overrides).out_dir) / "transfer.png"
     plot([pnl for pnl in panels if len({r["lr"] for r in pnl[1]}) > 1] or panels, png,
          "final validation loss after WSD decay; stars: best LR (mean over seeds)")
+    if args.markdown:
+        for axis in ("width", "depth"):
+            rows = [r for _, rs, ax in panels if ax == axis for r in rs]
+            if rows:
+                print(markdown_table(rows, axis) + "\n")
     for name, rows, axis in panels:
         for par, per in best_lrs(rows, axis).items():
             print(f"{name} {par}: best LR by {axis} " + ", ".join(
