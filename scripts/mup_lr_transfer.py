@@ -113,6 +113,9 @@ def plot(panels: list[tuple[str, list[dict], str]], png: str | Path, title: str)
     for i, (name, rows, axis) in enumerate(panels):
         finite = [r["final_val_loss"] for r in rows if r["final_val_loss"] is not None]
         for ax, par in zip(axes[i], pars):
+            if not any(r["parameterization"] == par for r in rows):
+                ax.set_axis_off()
+                continue
             _curves(ax, [r for r in rows if r["parameterization"] == par], axis, axis)
             ax.set_title(f"{name}: {par.upper()}", fontsize=10)
             if finite:  # keep the basin readable: diverged / very bad runs fall off the top
@@ -193,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(all_rows)
     png = args.png or Path(load_sweep(args.sweeps[0], args.overrides).out_dir) / "transfer.png"
-    plot([pnl for pnl in panels if len({r["lr"] for r in pnl[1]}) > 1] or panels, png,
-         "final validation loss after WSD decay; stars: best LR (mean over seeds)")
+    by_axis = [(f"{axis} sweep", [r for _, rows, ax in panels if ax == axis for r in rows], axis)
+               for axis in ("width", "depth") if any(ax == axis for *_, ax in panels)]
+    plot(by_axis, png, "final validation loss after WSD decay; stars: best LR (mean over seeds)")
     if args.markdown:
         for axis in ("width", "depth"):
             rows = [r for _, rs, ax in panels if ax == axis for r in rs]
