@@ -24,8 +24,8 @@ from pathlib import Path
 from windtunnel.recipe import RecipeError
 from windtunnel.sweep.plan import PlannedRun, expand, load_sweep
 
-CSV_FIELDS = ("sweep", "parameterization", "depth_rule", "width", "depth", "lr", "seed", "variant", "base_width", "steps",
-              "final_val_loss", "status", "params", "tokens", "wall_time_s")
+CSV_FIELDS = ("sweep", "parameterization", "depth_rule", "width", "depth", "lr", "seed", "variant", "base_width",
+              "steps", "final_val_loss", "status", "params", "tokens", "wall_time_s")
 AXIS_KEYS = ("optim.lr", "model.parameterization", "train.seed", "model.n_layers", "model.d_model", "model.n_heads",
              "model.n_kv_heads", "model.ffn_hidden")  # columns of their own, or set by the width family
 
@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(markdown_table(rows, axis) + "\n")
     for name, rows, axis in panels:
         for par, per in best_lrs(rows, axis).items():
-            print(f"{name} {par}: best LR by {axis} " + ", ".join(
-                f"{v}: {b['lr']:g} ({b['final_val_loss']:.3f})" for v, b in sorted(per.items(), key=lambda i: int(i[0]))))
+            ordered = sorted(per.items(), key=lambda item: int(item[0]))
+            print(f"{name} {par}: best LR by {axis} "
+                  + ", ".join(f"{v}: {b['lr']:g} ({b['final_val_loss']:.3f})" for v, b in ordered))
     return 0
 
 
