@@ -4,7 +4,7 @@ import json
 import pytest
 
 from windtunnel import Recipe
-from windtunnel.coord_check import coord_check, spread, width_recipe
+from windtunnel.coord_check import coord_check, depth_recipe, spread, width_recipe
 from windtunnel.cli import main as cli_main
 
 
@@ -68,7 +68,8 @@ def test_cli_writes_json_table_and_png(corpus_recipe, tmp_path, capsys):
     table = json.loads(out_json.read_text())
     assert set(table) == {"sp", "mup"} and set(table["mup"]) == {"16", "32"}
     row = table["mup"]["32"]
-    assert set(row) == {"embed", "blocks.0.attn", "blocks.0.mlp", "blocks.0", "logits"}
+    assert set(row) == {"embed", "blocks.0.attn", "blocks.0.mlp", "blocks.0", "last", "logits"}
+    assert row["last"] == row["blocks.0"]  # one block: the last residual stream is block 0's output
     assert all(len(v) == 3 and all(x > 0 for x in v) for v in row.values())
     assert table["sp"]["16"] == table["mup"]["16"]  # base width: muP is SP
     assert out_png.read_bytes()[:4] == b"\x89PNG"
@@ -80,3 +81,21 @@ def test_cli_bad_input_exits_2_with_one_line(corpus_recipe, capsys):
     err = capsys.readouterr().err.strip()
     assert "--widths" in err and len(err.splitlines()) == 1
     assert main([str(corpus_recipe), "--parameterizations", "ntk"]) == 2
+
+
+@pytest.mark.slow  # trains 4 models up to 16 blocks of width 32: ~4 s
+def test_completep_keeps_the_residual_stream_flat_across_8x_depth_while_sp_grows(token_batches):
+    batches = token_batches(64, n=2, batch=4, seq_len=32)
+    table = coord_check(tiny(), [2, 16], steps=5, batches=batches, mode="depth")
+    assert set(table["mup"]) == {"2", "16"}
+    assert spread(table, "mup", "last") < 1.5, table["mup"]
+    assert spread(table, "sp", "last") > 2.0 * spread(table, "mup", "last"), table["sp"]
+    assert table["sp"]["2"] == table["mup"]["2"]  # base width and base depth: muP with CompleteP is SP
+
+
+def test_depth_recipe_sets_the_rule_and_base_depth():
+    m = depth_recipe(tiny(), 8, "mup", base_depth=2).model
+    assert (m.n_layers, m.mup.depth_rule, m.mup.base_depth) == (8, "completep", 2)
+    sqrt = depth_recipe(tiny(mup={"base_width": 32, "depth_rule": "sqrt"}), 8, "mup", base_depth=2).model
+    assert sqrt.mup.depth_rule == "sqrt"
+    assert depth_recipe(tiny(), 8, "sp", base_depth=2).model.parameterization == "sp"

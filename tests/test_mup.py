@@ -1,5 +1,6 @@
 """muP rules (windtunnel.mup): roles by name, SP unchanged, muP == SP at the base width, each rule's scaling,
 names through wrappers, and the effective per-group LR with schedules and after resume."""
+import dataclasses
 import math
 
 import pytest
@@ -19,7 +20,7 @@ BASE = 32
 def recipe(d_model=BASE, par="mup", tie=True, **extra):
     model = {"vocab_size": 64, "max_seq_len": 16, "d_model": d_model, "n_heads": 2, "n_kv_heads": 1,
              "n_layers": 2, "tie_embeddings": tie, "qk_norm": True, "parameterization": par,
-             "mup": {"base_width": BASE, **extra.pop("mup", {})}, **extra.pop("model", {})}
+             "init_std": 0.02, "mup": {"base_width": BASE, **extra.pop("mup", {})}, **extra.pop("model", {})}
     return Recipe.from_dict({"model": model, "optim": {"lr": 0.01, "weight_decay": 0.1},
                              "train": {"steps": 12, "batch_size": 4, "seq_len": 16, "eval_every": 100,
                                        "ckpt_every": 4, "threads": 1, **extra.pop("train", {})},
@@ -169,8 +170,12 @@ def test_base_head_dim_for_fixed_head_dim_scaling():
 
 @pytest.mark.parametrize("key,value", [("output_mult", 0.0), ("attn_mult", -1.0), ("base_head_dim", -4)])
 def test_bad_mup_values_name_the_key(key, value):
-    with pytest.raises(ValueError, match=f"model.mup.{key}"):  # recipe validation refuses it first
-        mup.width_mult(recipe(d_model=64, mup={key: value}).model)
+    with pytest.raises(ValueError, match=f"model.mup.{key}"):  # the recipe (a RecipeError) ...
+        recipe(d_model=64, mup={key: value})
+    cfg = dataclasses.replace(recipe(d_model=64).model)
+    setattr(cfg.mup, key, value)
+    with pytest.raises(ValueError, match=f"model.mup.{key}"):  # ... and a hand-built ModelConfig
+        mup.width_mult(cfg)
 
 
 # ----------------------------------------------------------------------------- wrappers, schedules, resume
@@ -247,3 +252,87 @@ def test_effective_group_lr_after_resume(tmp_path):
             if step in first.rows:
                 assert (lr, lr_mult, eps, wd) == first.rows[step][name]
     assert {v[1] for v in second.rows[12].values()} == {1.0, 0.5}
+
+
+# ----------------------------------------------------------------------------- tunable constants, depth, init
+
+
+@pytest.mark.parametrize("rule", ["none", "completep", "sqrt"])
+@pytest.mark.parametrize("init_std", [0.02, None])
+def test_base_width_and_base_depth_equal_sp_bitwise_for_every_depth_rule(rule, init_std):
+    sp = recipe(par="sp", tie=False, model={"init_std": init_std})
+    mu = recipe(par="mup", tie=False, model={"init_std": init_std}, mup={"depth_rule": rule, "base_depth": 2})
+    m_sp, m_mu = seeded_model(sp), seeded_model(mu)
+    x = torch.randint(0, 64, (2, 16))
+    assert torch.equal(m_sp(x), m_mu(x))
+    o_sp, o_mu = build_optimizer(m_sp, sp), build_optimizer(m_mu, mu)
+    keys = ("lr", "eps", "weight_decay")
+    assert [[g[k] for k in keys] for g in o_sp.param_groups] == [[g[k] for k in keys] for g in o_mu.param_groups]
+
+
+@pytest.mark.parametrize("rule,branch,depth_lr", [("completep", 0.25, 1.0), ("sqrt", 0.5, 0.5), ("none", 1.0, 1.0)])
+def test_depth_rule_scales_residual_branches_lr_eps_and_freezes_residual_init(rule, branch, depth_lr):
+    r = recipe(d_model=2 * BASE, tie=False, model={"n_layers": 8}, mup={"depth_rule": rule, "base_depth": 2})
+    cfg, model = r.model, seeded_model(r)
+    block = model.blocks[3]
+    assert block.branch_mult == mup.residual_multiplier(cfg) == branch
+    x = torch.randn(2, 16, 2 * BASE)
+    cos, sin = model.rope_cos[:16], model.rope_sin[:16]
+    h = x + branch * block.attn(block.attn_norm(x), cos, sin)
+    assert torch.allclose(block(x, cos, sin)[0], h + branch * block.mlp(block.mlp_norm(h)), atol=1e-6)
+    wqkv, norm = ("blocks.3.attn.wqkv.weight", (96, 64)), ("blocks.3.attn_norm.weight", (64,))
+    assert mup.lr_multiplier(*wqkv, cfg) == pytest.approx(depth_lr / 2)  # width 2x base: 1/2
+    assert mup.lr_multiplier(*norm, cfg) == pytest.approx(depth_lr)
+    assert mup.lr_multiplier("embed.weight", (64, 64), cfg) == 1.0  # outside the blocks: no depth rule
+    assert mup.eps_multiplier(*wqkv, cfg) == pytest.approx(branch / 2)
+    assert mup.eps_multiplier("head.weight", (64, 64), cfg) == 0.5
+    frozen = 2 if rule != "none" else 8  # the branch multiplier, not the init, does the depth scaling
+    assert mup.init_std("blocks.3.attn.wo.weight", (64, 64), cfg) == pytest.approx(0.02 / math.sqrt(2 * frozen)
+                                                                                   / math.sqrt(2))
+
+
+def test_sp_ignores_depth_rule():
+    cfg = recipe(par="sp", model={"n_layers": 8}, mup={"depth_rule": "completep", "base_depth": 2}).model
+    assert mup.residual_multiplier(cfg) == 1.0 and seeded_model(recipe(par="sp")).blocks[0].branch_mult == 1.0
+    assert mup.lr_multiplier("blocks.0.attn_norm.weight", (32,), cfg) == 1.0
+
+
+def test_group_lr_multipliers_reach_the_optimizer_groups():
+    consts = {"embed_lr_mult": 2.0, "hidden_lr_mult": 3.0, "readout_lr_mult": 5.0, "vector_lr_mult": 7.0}
+    r = recipe(d_model=4 * BASE, tie=False, mup=consts)
+    model = seeded_model(r)
+    groups = group_of(build_optimizer(model, r), model)
+    expect = {"embed.weight": 2.0, "blocks.0.attn.wqkv.weight": 3.0 / 4, "blocks.1.mlp.w_down.weight": 3.0 / 4,
+              "head.weight": 5.0, "norm.weight": 7.0, "blocks.0.attn.q_norm.weight": 7.0}
+    for name, mult in expect.items():
+        assert groups[name]["lr"] == pytest.approx(0.01 * mult), name
+    assert groups["blocks.0.attn.wqkv.weight"]["weight_decay"] == pytest.approx(0.1 * 4)  # width rule only
+    sp = recipe(d_model=4 * BASE, par="sp", tie=False, mup=consts)
+    assert {g["lr"] for g in build_optimizer(seeded_model(sp), sp).param_groups} == {0.01}  # ignored under SP
+
+
+def test_width_aware_default_init_std():
+    from windtunnel.recipe import INIT_GAIN
+
+    sp = seeded_model(recipe(d_model=8 * BASE, par="sp", model={"init_std": None}))
+    mu = seeded_model(recipe(d_model=8 * BASE, model={"init_std": None}))
+    fan_in = 8 * BASE
+    for model in (sp, mu):  # hidden matrices: INIT_GAIN / sqrt(fan_in) in both (muP: the width-scaled form)
+        assert model.blocks[0].attn.wqkv.weight.std().item() == pytest.approx(INIT_GAIN / math.sqrt(fan_in),
+                                                                               rel=0.03)
+    assert sp.embed.weight.std().item() == pytest.approx(INIT_GAIN / math.sqrt(fan_in), rel=0.03)
+    assert mu.embed.weight.std().item() == pytest.approx(INIT_GAIN / math.sqrt(BASE), rel=0.03)  # base width
+    explicit = recipe(d_model=8 * BASE, par="sp", model={"init_std": 0.1}).model
+    assert explicit.base_init_std == 0.1 and mup.init_std("embed.weight", (64, 256), explicit) == 0.1
+
+
+@pytest.mark.parametrize("key,value", [("mup.hidden_lr_mult", 0.0), ("mup.embed_lr_mult", -1.0),
+                                       ("mup.base_depth", 0), ("init_std", -0.02)])
+def test_bad_constants_name_the_key(key, value):
+    from windtunnel.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=f"model.{key}"):
+        if key.startswith("mup."):
+            recipe(mup={key.split(".")[1]: value})
+        else:
+            recipe(model={key: value})

@@ -201,7 +201,7 @@ def test_coordinate_check_with_muon_mup_flat_sp_grows():
     torch.set_num_threads(1)
     r = Recipe.from_dict({
         "model": {"vocab_size": 64, "max_seq_len": 32, "d_model": 32, "n_heads": 2, "n_layers": 2,
-                  "mup": {"base_width": 32}},
+                  "mup": {"base_width": 32}, "init_std": 0.02},  # SP's classic fixed init, as in Tensor Programs V
         "optim": {"name": "muon", "lr": 3e-2}, "train": {"steps": 5, "batch_size": 4, "seq_len": 32}})
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 64, (4, 33), generator=g) for _ in range(2)]

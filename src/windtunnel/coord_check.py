@@ -2,15 +2,20 @@
 
     windtunnel coord-check RECIPE --widths 64,128,256,512,1024 --steps 5 [--json PATH] [--png PATH]
                                   [--head-dim N] [--set key=value ...]
+    windtunnel coord-check RECIPE --depths 2,4,8,16 --steps 5 [...]      # depth instead of width
 
 For each parameterization (sp, mup) and width, the recipe's model is built at that width with the same seed
 and trained `steps` AdamW steps at the recipe's peak LR (constant, no clipping) on the same batches. Forward
 hooks record the RMS of: the residual stream entering block 0 ("embed"), each block's attention and MLP
-outputs ("blocks.i.attn", "blocks.i.mlp"), the residual stream after each block ("blocks.i"), and the logits.
+outputs ("blocks.i.attn", "blocks.i.mlp"), the residual stream after each block ("blocks.i") and after the
+last block ("last", the same key at every depth), and the logits.
 Entry t of each list is measured in the forward pass of step t (t = 0 is the initialization).
 Under a correct muP the curves are flat in width after the first steps; under SP they grow with width.
 Width scaling keeps n_heads (head dim grows, which exercises the 1/d attention rule) unless --head-dim
 fixes the head dim (then heads grow and model.mup.base_head_dim defaults to that head dim).
+With --depths the width stays the recipe's and n_layers varies; muP then uses the recipe's model.mup.depth_rule
+(completep when it is none) with base_depth = the recipe's (default: the first depth). Under CompleteP the
+last residual stream and the logits stay flat in depth; without a depth rule the stream grows with depth.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from .optim import build_optimizer, set_lr
 from .recipe import Recipe, RecipeError
 
 DEFAULT_WIDTHS = "64,128,256,512,1024"
+MODES = ("width", "depth")
 Table = dict[str, dict[str, dict[str, list[float]]]]
 
 
@@ -52,6 +58,15 @@ def width_recipe(recipe: Recipe, width: int, parameterization: str, head_dim: in
     return recipe.with_overrides(sets)
 
 
+def depth_recipe(recipe: Recipe, depth: int, parameterization: str, base_depth: int) -> Recipe:
+    """The recipe with `depth` blocks; muP gets a depth rule (the recipe's, or CompleteP) at `base_depth`."""
+    sets = [f"model.n_layers={depth}", f"model.parameterization={parameterization}"]
+    if parameterization == "mup":
+        rule = recipe.model.mup.depth_rule if recipe.model.mup.depth_rule != "none" else "completep"
+        sets += [f"model.mup.depth_rule={rule}", f"model.mup.base_depth={base_depth}"]
+    return recipe.with_overrides(sets)
+
+
 @contextlib.contextmanager
 def record_rms(model: nn.Module, store: dict[str, list[float]]):
     """Append the RMS of each watched activation to store[name] on every forward pass of `model`."""
@@ -68,6 +83,7 @@ def record_rms(model: nn.Module, store: dict[str, list[float]]):
                     block.register_forward_hook(save(f"blocks.{i}"))]
 
     def logits_hook(mod, inp, out):
+        store["last"].append(rms(inp[0]))
         with torch.no_grad():
             store["logits"].append(rms(model.logits(out)))
 
@@ -99,20 +115,26 @@ def train_and_record(recipe: Recipe, batches: list[torch.Tensor], steps: int) ->
 
 
 def coord_check(recipe: Recipe, widths: list[int], steps: int, batches: list[torch.Tensor],
-                parameterizations: tuple[str, ...] = ("sp", "mup"), head_dim: int | None = None) -> Table:
-    """{"sp"|"mup": {"<width>": {"logits": [rms per step], "<layer>": [...]}}}."""
+                parameterizations: tuple[str, ...] = ("sp", "mup"), head_dim: int | None = None,
+                mode: str = "width") -> Table:
+    """{"sp"|"mup": {"<width or depth>": {"logits": [rms per step], "<layer>": [...]}}}; `widths` holds the
+    depths when mode == "depth"."""
     if steps <= 0:
         raise RecipeError(f"--steps: must be positive, got {steps}")
     if not widths:
-        raise RecipeError("--widths: needs at least one width")
+        raise RecipeError(f"--{mode}s: needs at least one value")
     m = recipe.model
     if m.vocab_size <= 0 or m.max_seq_len <= 0:
         raise RecipeError("model.vocab_size and model.max_seq_len must be resolved for a coordinate check")
-    table: Table = {}
-    for par in parameterizations:
-        table[par] = {str(w): train_and_record(width_recipe(recipe, w, par, head_dim), batches, steps)
-                      for w in widths}
-    return table
+    base_depth = m.mup.base_depth or widths[0]
+
+    def scaled(size: int, par: str) -> Recipe:
+        if mode == "depth":
+            return depth_recipe(recipe, size, par, base_depth)
+        return width_recipe(recipe, size, par, head_dim)
+
+    return {par: {str(n): train_and_record(scaled(n, par), batches, steps) for n in widths}
+            for par in parameterizations}
 
 
 def spread(table: Table, par: str, layer: str, step: int = -1) -> float:
@@ -121,8 +143,8 @@ def spread(table: Table, par: str, layer: str, step: int = -1) -> float:
     return max(values) / min(values)
 
 
-def plot_coord_check(table: Table, png: str | Path) -> None:
-    """Rows: parameterizations; columns: a few layers; x: width (log2); one curve per step."""
+def plot_coord_check(table: Table, png: str | Path, mode: str = "width") -> None:
+    """Rows: parameterizations; columns: a few layers; x: width or depth (log2); one curve per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,8 +152,7 @@ def plot_coord_check(table: Table, png: str | Path) -> None:
 
     pars = list(table)
     first = next(iter(table[pars[0]].values()))
-    last = max(int(k.split(".")[1]) for k in first if k.startswith("blocks."))
-    layers = ["embed", f"blocks.{last}.attn", f"blocks.{last}.mlp", f"blocks.{last}", "logits"]
+    layers = ["embed", "blocks.0.attn", "blocks.0.mlp", "last", "logits"]
     steps = len(first["logits"])
     fig, axes = plt.subplots(len(pars), len(layers), figsize=(3.2 * len(layers), 2.8 * len(pars)),
                              squeeze=False, sharex=True)
@@ -148,7 +169,7 @@ def plot_coord_check(table: Table, png: str | Path) -> None:
             ax.set_title(f"{par}: {layer}", fontsize=9)
             ax.grid(alpha=0.3)
             if r == len(pars) - 1:
-                ax.set_xlabel("width (d_model)")
+                ax.set_xlabel("width (d_model)" if mode == "width" else "depth (n_layers)")
             if c == 0:
                 ax.set_ylabel("activation RMS")
     axes[0][-1].legend(fontsize=7)
@@ -172,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="windtunnel coord-check", description=__doc__.split("\n")[0])
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--widths", default=DEFAULT_WIDTHS, help=f"comma-separated d_model values ({DEFAULT_WIDTHS})")
+    p.add_argument("--depths", help="comma-separated n_layers values: check depth (CompleteP) instead of width")
     p.add_argument("--steps", type=int, default=5, help="training steps per width (5)")
     p.add_argument("--head-dim", type=int, help="fix the head dim (heads grow with width); default: fix heads")
     p.add_argument("--parameterizations", default="sp,mup", help="comma-separated subset of sp,mup")
@@ -197,17 +219,17 @@ def run(args: argparse.Namespace) -> Table:
     bad = [x for x in pars if x not in ("sp", "mup")]
     if bad or not pars:
         raise RecipeError(f"--parameterizations: expected a subset of sp,mup, got {args.parameterizations!r}")
-    widths = _int_list(args.widths, "--widths")
+    mode = "depth" if args.depths else "width"
+    sizes = _int_list(args.depths, "--depths") if args.depths else _int_list(args.widths, "--widths")
     recipe, batches = recipe_batches(recipe, args.steps)
-    table = coord_check(recipe, widths, args.steps, batches, pars, args.head_dim)
+    table = coord_check(recipe, sizes, args.steps, batches, pars, args.head_dim, mode)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     if args.png:
-        plot_coord_check(table, args.png)
-    last = f"blocks.{recipe.model.n_layers - 1}"
+        plot_coord_check(table, args.png, mode)
     for par in pars:
-        print(f"{par}: RMS max/min over widths {widths[0]}..{widths[-1]} at step {args.steps - 1}: "
-              f"logits {spread(table, par, 'logits'):.2f}x, last hidden {spread(table, par, last):.2f}x")
+        print(f"{par}: RMS max/min over {mode}s {sizes[0]}..{sizes[-1]} at step {args.steps - 1}: "
+              f"logits {spread(table, par, 'logits'):.2f}x, last hidden {spread(table, par, 'last'):.2f}x")
     return table
 
 

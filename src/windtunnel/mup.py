@@ -26,6 +26,11 @@ from .consolidate import canonical_name
 from .recipe import ModelConfig
 
 Role = Literal["input", "hidden", "readout", "router", "vector"]
+DEPTH_ALPHA = {"none": 0.0, "completep": 1.0, "sqrt": 0.5}
+# The tunable per-group LR constant (model.mup.*) of each role; the router is a matrix inside the blocks.
+GROUP_LR_KEYS = {"input": "embed_lr_mult", "hidden": "hidden_lr_mult", "router": "hidden_lr_mult",
+                 "readout": "readout_lr_mult", "vector": "vector_lr_mult"}
+BLOCK_MODULES = frozenset({"blocks", "block"})  # trunk blocks and the MTP heads' blocks
 
 # Output projections of residual branches (scaled by 1/sqrt(2L) at init, GPT-2 style), matched as suffixes.
 RESIDUAL_OUT = ("attn.wo.weight", "w_down.weight", "w_down")  # also MoE experts / shared experts
@@ -48,6 +53,11 @@ def param_role(name: str, shape: tuple[int, ...]) -> Role:
     return "hidden"
 
 
+def in_block(name: str) -> bool:
+    """The parameter lives inside a residual branch (its gradient carries the branch multiplier)."""
+    return not BLOCK_MODULES.isdisjoint(canonical_name(name).split("."))
+
+
 def is_embedding(name: str) -> bool:
     return param_role(name, (2, 2)) == "input"
 
@@ -60,13 +70,12 @@ def _is_mup(cfg: ModelConfig) -> bool:
 
 
 def check_config(cfg: ModelConfig) -> None:
-    """One-line ValueError naming the bad model.mup key (the recipe checks base_width itself)."""
+    """One-line ValueError naming the bad model.mup key (the recipe checks the same bounds)."""
     m = cfg.mup
-    if m.base_width <= 0:
-        raise ValueError(f"model.mup.base_width: must be positive, got {m.base_width}")
-    if m.base_head_dim is not None and m.base_head_dim <= 0:
-        raise ValueError(f"model.mup.base_head_dim: must be positive, got {m.base_head_dim}")
-    for key in ("input_mult", "output_mult", "attn_mult"):
+    for key in ("base_width", "base_head_dim", "base_depth"):
+        if getattr(m, key) is not None and getattr(m, key) <= 0:
+            raise ValueError(f"model.mup.{key}: must be positive, got {getattr(m, key)}")
+    for key in ("input_mult", "output_mult", "attn_mult", *GROUP_LR_KEYS.values()):
         if not getattr(m, key) > 0:
             raise ValueError(f"model.mup.{key}: must be positive, got {getattr(m, key)}")
 
@@ -77,6 +86,33 @@ def width_mult(cfg: ModelConfig) -> float:
         return 1.0
     check_config(cfg)
     return cfg.d_model / cfg.mup.base_width
+
+
+def depth_alpha(cfg: ModelConfig) -> float:
+    """Exponent of the depth rule: 0 (none, or SP), 1 (CompleteP), 1/2 (sqrt: MiniCPM / Depth-muP)."""
+    return DEPTH_ALPHA[cfg.mup.depth_rule] if _is_mup(cfg) else 0.0
+
+
+def depth_ratio(cfg: ModelConfig) -> float:
+    """base_depth / n_layers (1 when no depth rule applies)."""
+    if depth_alpha(cfg) == 0.0:
+        return 1.0
+    check_config(cfg)
+    return (cfg.mup.base_depth or cfg.n_layers) / cfg.n_layers
+
+
+def residual_multiplier(cfg: ModelConfig) -> float:
+    """Multiplier of every residual branch, x + r * f(x): (base_depth / L)^alpha (Dey et al. 2025, CompleteP
+    alpha = 1; alpha = 1/2 is MiniCPM's scale_depth / sqrt(L) pinned to 1 at the base depth). 1 at base depth."""
+    alpha = depth_alpha(cfg)
+    return depth_ratio(cfg) if alpha == 1.0 else depth_ratio(cfg) ** alpha
+
+
+def depth_lr_multiplier(cfg: ModelConfig) -> float:
+    """Adam LR of parameters inside the blocks: (L / base_depth)^(alpha - 1) (CompleteP Table 1): 1 for
+    CompleteP, sqrt(base_depth / L) for the sqrt rule."""
+    alpha = depth_alpha(cfg)
+    return 1.0 if alpha in (0.0, 1.0) else depth_ratio(cfg) ** (1.0 - alpha)
 
 
 def base_head_dim(cfg: ModelConfig) -> float:
@@ -107,13 +143,16 @@ def logit_multiplier(cfg: ModelConfig) -> float:
 
 
 def init_std(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float | None:
-    """Std of the normal init; None = leave the module's own init (norm gains = 1)."""
+    """Std of the normal init; None = leave the module's own init (norm gains = 1). The base std is
+    model.init_std or the width-aware default (ModelConfig.base_init_std); under a depth rule the GPT-2
+    1/sqrt(2L) residual factor is frozen at the base depth (the branch multiplier does the depth scaling)."""
     role = param_role(name, shape)
     if role == "vector":
         return None
-    std = cfg.init_std
+    std = cfg.base_init_std
     if canonical_name(name).endswith(RESIDUAL_OUT):
-        std /= math.sqrt(2 * cfg.n_layers)
+        depth = cfg.n_layers if depth_alpha(cfg) == 0.0 else (cfg.mup.base_depth or cfg.n_layers)
+        std /= math.sqrt(2 * depth)
     if role == "hidden":
         std /= math.sqrt(width_mult(cfg))  # variance ~ 1/fan_in
     elif role == "router":
@@ -122,25 +161,31 @@ def init_std(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float | Non
 
 
 def lr_multiplier(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
-    """Adam LR multiplier: 1/width_mult for hidden and router matrices (TP V Tables 3/8), 1 otherwise."""
-    if param_role(name, shape) in ("hidden", "router"):
-        return 1.0 / width_mult(cfg)
-    return 1.0
+    """Adam LR multiplier: the group's tunable constant (muP only), times 1/width_mult for hidden and router
+    matrices (TP V Tables 3/8), times the depth rule's factor inside the blocks."""
+    role = param_role(name, shape)
+    if not _is_mup(cfg):
+        return 1.0
+    mult = getattr(cfg.mup, GROUP_LR_KEYS[role])
+    if role in ("hidden", "router"):
+        mult /= width_mult(cfg)
+    return mult * depth_lr_multiplier(cfg) if in_block(name) else mult
 
 
 def eps_multiplier(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
     """Adam eps follows the gradient's scale (Everett et al. 2024): under muP the backward signal in the
     residual stream is ~1/width (1/width readout), so every gradient is ~1/width except the router's
-    (its output is summed over the width, which cancels the 1/width)."""
-    if param_role(name, shape) == "router":
-        return 1.0
-    return 1.0 / width_mult(cfg)
+    (its output is summed over the width, which cancels the 1/width). Inside the blocks the residual
+    multiplier scales the gradients too (CompleteP: eps x (base_depth/L)^alpha)."""
+    mult = 1.0 if param_role(name, shape) == "router" else 1.0 / width_mult(cfg)
+    return mult * residual_multiplier(cfg) if in_block(name) else mult
 
 
 def weight_decay_multiplier(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
-    """Inverse of the LR multiplier, so AdamW's per-step decay lr * wd does not change with width (MuAdamW;
-    Kosson et al. 2025 find muP transfer needs this width-independent decay)."""
-    return 1.0 / lr_multiplier(name, shape, cfg)
+    """Inverse of the width LR rule, so AdamW's per-step decay lr * wd does not change with width (MuAdamW;
+    Kosson et al. 2025 find muP transfer needs this width-independent decay). The tunable LR constants and
+    the depth rule do not change it."""
+    return width_mult(cfg) if param_role(name, shape) in ("hidden", "router") else 1.0
 
 
 def describe(model, cfg: ModelConfig) -> list[dict]:

@@ -8,6 +8,7 @@ This module must not import torch: the sweep planner and the fitter use it on an
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,9 @@ from .yamltree import apply_override, build_dataclass, coerce, deep_merge, load_
 
 # ----------------------------------------------------------------------------- sections
 
+# Default init gain c of std = c / sqrt(width): 0.5 gives GPT-2's 0.02 at width 768 and ~0.044 at width 128.
+INIT_GAIN = 0.5
+
 
 @dataclass
 class MupConfig:
@@ -30,6 +34,16 @@ class MupConfig:
     input_mult: float = 1.0  # multiplies the embedding output (tunable)
     output_mult: float = 1.0  # multiplies the readout logits on top of base_width/width
     attn_mult: float = 1.0  # multiplies the 1/d_head attention scale
+    # Per-group Adam LR multipliers at the base width (MiniCPM-style tunable constants; tune on the proxy,
+    # then transfer: the width/depth rules of mup.py multiply on top of these).
+    embed_lr_mult: float = 1.0  # token embedding (input role)
+    hidden_lr_mult: float = 1.0  # attention / MLP / expert / router matrices
+    readout_lr_mult: float = 1.0  # untied output head
+    vector_lr_mult: float = 1.0  # norm gains and biases
+    # Depth transfer: residual branches scaled by (base_depth / n_layers)^alpha with the matching LR/eps rules;
+    # completep = alpha 1 (Dey et al. 2025), sqrt = alpha 1/2 (MiniCPM scale_depth/sqrt(L), Yang et al. 2023).
+    depth_rule: Literal["none", "completep", "sqrt"] = "none"
+    base_depth: int | None = None  # n_layers of the tuned proxy; None = n_layers (no depth scaling)
 
 
 @dataclass
@@ -70,7 +84,7 @@ class ModelConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     z_loss: float = 0.0  # coefficient of the logit z-loss (PaLM): z * logsumexp(logits)^2
-    init_std: float = 0.02
+    init_std: float | None = None  # None = width-aware: INIT_GAIN / sqrt(d_model), at base_width under muP
     loss_chunk: int = 0  # >0: fused linear + cross-entropy over chunks of this many tokens
     parameterization: Literal["sp", "mup"] = "sp"
     mup: MupConfig = field(default_factory=MupConfig)
@@ -113,6 +127,16 @@ class ModelConfig:
     def mtp_depths(self) -> int:
         """Extra prediction depths (MTP heads) beyond the next token."""
         return self.mtp.n_future - 1
+
+    @property
+    def base_init_std(self) -> float:
+        """Init std of the embedding/readout and (at the base width) of the hidden matrices: model.init_std,
+        or when null INIT_GAIN / sqrt(width), width = d_model (sp) or mup.base_width (mup), so that hidden
+        matrices start at std ~ 1/sqrt(fan_in) at every width (muP's rules are its width-scaled form)."""
+        if self.init_std is not None:
+            return self.init_std
+        width = self.mup.base_width if self.parameterization == "mup" else self.d_model
+        return INIT_GAIN / math.sqrt(width)
 
     def dense(self) -> "ModelConfig":
         """The same model without MoE (MTP heads use dense blocks)."""

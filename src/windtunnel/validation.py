@@ -61,7 +61,8 @@ _POSITIVE_KEYS = """
 model.d_model model.n_layers model.n_heads model.n_kv_heads model.ffn_hidden model.ffn_multiple_of
 model.rope_theta model.norm_eps model.init_std model.mup.base_width model.mup.base_head_dim
 model.mup.input_mult model.mup.output_mult model.mup.attn_mult model.moe.top_k model.moe.expert_hidden
-model.moe.every model.mtp.n_future data.max_documents tokenizer.vocab_size optim.lr optim.eps optim.muon.adamw_lr_mult
+model.mup.embed_lr_mult model.mup.hidden_lr_mult model.mup.readout_lr_mult model.mup.vector_lr_mult
+model.mup.base_depth model.moe.every model.mtp.n_future data.max_documents tokenizer.vocab_size optim.lr optim.eps optim.muon.adamw_lr_mult
 schedule.power.a schedule.power.lr_max schedule.wsd.branches train.batch_size train.seq_len train.steps
 train.tokens train.grad_accum train.spike_threshold train.spike_window train.eval_every train.eval_batches train.keep_ckpts train.threads
 logging.log_every logging.peak_tflops distributed.reduce_bucket_size distributed.prefetch_bucket_size

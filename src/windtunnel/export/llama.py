@@ -67,7 +67,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
-        "initializer_range": cfg.init_std,
+        "initializer_range": cfg.base_init_std,
         "torch_dtype": "float32",
     }
 
