@@ -23,7 +23,9 @@ import math
 from typing import Literal
 
 from .consolidate import canonical_name
+from .errors import RecipeError
 from .recipe import ModelConfig
+from .validation import RECIPE_BOUNDS, check_numbers
 
 Role = Literal["input", "hidden", "readout", "router", "vector"]
 DEPTH_ALPHA = {"none": 0.0, "completep": 1.0, "sqrt": 0.5}
@@ -70,14 +72,13 @@ def _is_mup(cfg: ModelConfig) -> bool:
 
 
 def check_config(cfg: ModelConfig) -> None:
-    """One-line ValueError naming the bad model.mup key (the recipe checks the same bounds)."""
-    m = cfg.mup
-    for key in ("base_width", "base_head_dim", "base_depth"):
-        if getattr(m, key) is not None and getattr(m, key) <= 0:
-            raise ValueError(f"model.mup.{key}: must be positive, got {getattr(m, key)}")
-    for key in ("input_mult", "output_mult", "attn_mult", *GROUP_LR_KEYS.values()):
-        if not getattr(m, key) > 0:
-            raise ValueError(f"model.mup.{key}: must be positive, got {getattr(m, key)}")
+    """One-line error naming the bad model.mup key, for configs built in code (a loaded recipe has
+    already passed the same bounds table in validation.py)."""
+
+    def fail(path: str, msg: str) -> None:
+        raise RecipeError(f"{path}: {msg}")
+
+    check_numbers(cfg.mup, RECIPE_BOUNDS, fail, "model.mup.")
 
 
 def width_mult(cfg: ModelConfig) -> float:
