@@ -22,12 +22,17 @@ from pathlib import Path
 
 import yaml
 
+from windtunnel.errors import run_command
 from windtunnel.recipe import RecipeError
 from windtunnel.scaling import cli as fit_cli
 from windtunnel.scaling import e2e_report
 from windtunnel.sweep import executors
 from windtunnel.sweep.plan import expand, load_sweep
 from windtunnel.sweep.report import manifest
+
+
+class RunFailed(RuntimeError):
+    """A proxy or target run ended without completing (its train.log says why)."""
 
 
 def load_config(path: Path) -> dict:
@@ -109,7 +114,7 @@ def train_all(jobs: list[tuple[str, Path, int, callable]], cfg: dict, progress: 
         state = executors.run_state(run_dir)
         print(f"[train] {name}: {state} (exit {rc}) in {walls[name]:.0f} s", flush=True)
         if state != executors.COMPLETED:
-            raise RuntimeError(f"{name} did not complete; see {run_dir / 'train.log'}")
+            raise RunFailed(f"{name} did not complete; see {run_dir / 'train.log'}")
 
     with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
         for f in [pool.submit(one, j) for j in jobs]:
@@ -203,29 +208,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-every", type=float, default=60.0)
     p.add_argument("--stop-after", choices=["sweep", "fit"], help="stop after this stage (inspect, then rerun)")
     args = p.parse_args(argv)
+    # Bad input (RecipeError/DataError) and file-system errors: one line, exit 2; a bug keeps its traceback.
     try:
-        cfg = load_config(args.config)
-        cfg["out_dir"].mkdir(parents=True, exist_ok=True)
-        progress = Progress(args.progress_every)
-        t0 = time.time()
-        sweep_dir, walls = stage_sweep(cfg, progress)
-        record_times(cfg["out_dir"], "sweep", time.time() - t0, walls)
-        if args.stop_after == "sweep":
-            return 0
-        t0 = time.time()
-        reports = stage_fit(cfg, sweep_dir)
-        record_times(cfg["out_dir"], "fit", time.time() - t0, {})
-        if args.stop_after == "fit":
-            return 0
-        t0 = time.time()
-        walls = stage_train_targets(cfg, reports, progress)
-        times = record_times(cfg["out_dir"], "targets", time.time() - t0, walls)
-        result = e2e_report.build(cfg, sweep_dir, reports, times)
-        print(e2e_report.markdown(result), flush=True)
-        e2e_report.write(result, cfg["out_dir"], args.docs, args.name or args.config.stem)
-    except (RecipeError, ValueError, OSError, RuntimeError) as e:
+        return run_command(lambda: run_stages(args), prog="windtunnel_e2e")
+    except RunFailed as e:
         print(f"windtunnel_e2e: error: {e}", file=sys.stderr)
         return 2
+
+
+def run_stages(args) -> int:
+    """sweep -> fit -> train the targets -> report (each stage resumes what is done)."""
+    cfg = load_config(args.config)
+    cfg["out_dir"].mkdir(parents=True, exist_ok=True)
+    progress = Progress(args.progress_every)
+    t0 = time.time()
+    sweep_dir, walls = stage_sweep(cfg, progress)
+    record_times(cfg["out_dir"], "sweep", time.time() - t0, walls)
+    if args.stop_after == "sweep":
+        return 0
+    t0 = time.time()
+    reports = stage_fit(cfg, sweep_dir)
+    record_times(cfg["out_dir"], "fit", time.time() - t0, {})
+    if args.stop_after == "fit":
+        return 0
+    t0 = time.time()
+    walls = stage_train_targets(cfg, reports, progress)
+    times = record_times(cfg["out_dir"], "targets", time.time() - t0, walls)
+    result = e2e_report.build(cfg, sweep_dir, reports, times)
+    print(e2e_report.markdown(result), flush=True)
+    e2e_report.write(result, cfg["out_dir"], args.docs, args.name or args.config.stem)
     return 0
 
 

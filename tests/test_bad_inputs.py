@@ -131,6 +131,11 @@ CASES = [
     ("sweep s.yaml --dry-run --mfu nan", ["--mfu", "nan"]),
     ("export norun exported", ["norun"]),
     ("export norun afile", ["afile", "not a directory"]),
+    # the scaling-law fitter (more cases: tests/scaling/test_fit_errors.py)
+    ("fit nothing.csv", ["nothing.csv", "no such sweep directory or CSV file"]),
+    ("fit corpus", ["corpus", "no completed run with summary.json"]),
+    ("fit corpus --level 2", ["--level", "between 0 and 1"]),
+    ("fit r.yaml", ["r.yaml", "no N column", "--columns N=NAME"]),
 ]
 
 

@@ -81,3 +81,10 @@ def sweep_dir(tmp_path) -> Path:
         write_run(root, f"run{i:02d}", N, D, float(chinchilla_predict(CHINCHILLA_TRUE, N, D)), branches=branches)
     write_run(root, "crashed", 5e8, 1e10, 9.9, status="failed")
     return root
+
+
+def run_fit(argv: list[str]) -> int:
+    """`windtunnel fit ARGV` through the real entry point and its error boundary (bad input: exit 2)."""
+    from windtunnel.cli import main
+
+    return main(["fit", *argv])

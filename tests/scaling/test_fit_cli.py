@@ -7,10 +7,9 @@ import yaml
 
 from windtunnel.accounting import count_params
 from windtunnel.recipe import Recipe
-from windtunnel.scaling.cli import main
 from windtunnel.scaling.laws import chinchilla_optimal
 
-from .conftest import CHINCHILLA_TRUE, base_recipe_dict
+from .conftest import CHINCHILLA_TRUE, base_recipe_dict, run_fit
 from .test_hparams import lr_grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,8 +18,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.slow
 def test_sweep_to_report_plots_and_recipe(sweep_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main([str(sweep_dir), "--law", "chinchilla", "--target-flops", "1e23", "--bootstrap", "10",
-                 "--json", str(out / "fit.json"), "--plots", str(out / "plots"), "--emit", str(out / "target.yaml")])
+    code = run_fit([str(sweep_dir), "--law", "chinchilla", "--target-flops", "1e23", "--bootstrap", "10",
+                    "--json", str(out / "fit.json"), "--plots", str(out / "plots"), "--emit", str(out / "target.yaml")])
     assert code == 0
     report = json.loads((out / "fit.json").read_text())
     assert report["params"]["alpha"] == pytest.approx(CHINCHILLA_TRUE["alpha"], rel=1e-3)
@@ -61,9 +60,9 @@ def test_emit_uses_the_lr_bs_law_and_the_n_kind(tmp_path, monkeypatch):
         return {**model, "d_model": 128, "n_heads": 4, "n_layers": 3}
 
     monkeypatch.setattr("windtunnel.scaling.predict.default_shape_fn", lambda: stand_in)
-    code = main([str(path), "--columns", "N=n,D=d", "--target-params", "1e9", "--target-tokens", "2e10",
-                 "--bootstrap", "0", "--emit", str(tmp_path / "t.yaml"), "--base", str(base), "--n-kind", "total",
-                 "--json", str(tmp_path / "r.json")])
+    code = run_fit([str(path), "--columns", "N=n,D=d", "--target-params", "1e9", "--target-tokens", "2e10",
+                    "--bootstrap", "0", "--emit", str(tmp_path / "t.yaml"), "--base", str(base), "--n-kind", "total",
+                    "--json", str(tmp_path / "r.json")])
     assert code == 0
     assert calls == [(1e9, {"count": "total", "keep_group": True})]
     report = json.loads((tmp_path / "r.json").read_text())
@@ -81,29 +80,11 @@ def test_lr_bs_law_plots(tmp_path):
     path = tmp_path / "grid.csv"
     path.write_text("N,D,loss,lr,batch\n" + "\n".join(
         ",".join(map(str, r)) for r in zip(*(g[k] for k in ("N", "D", "loss", "lr", "batch")))))
-    assert main([str(path), "--law", "lr-bs", "--bootstrap", "5", "--plots", str(tmp_path / "p"),
-                 "--target-params", "1e9", "--target-tokens", "1e11", "--json", str(tmp_path / "r.json")]) == 0
+    assert run_fit([str(path), "--law", "lr-bs", "--bootstrap", "5", "--plots", str(tmp_path / "p"),
+                    "--target-params", "1e9", "--target-tokens", "1e11", "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["target"]["loss"] is None and "lr" in report["target"]["hparams"]
     assert sorted(p.rsplit("/", 1)[-1] for p in report["plots"]) == ["lr_bs.png", "predicted_vs_actual.png"]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["missing_dir"], "no such sweep directory or CSV"),
-    (["{sweep}", "--law", "hoffmann"], "argument --law: invalid choice"),
-    (["{sweep}", "--target-params", "1e9"], "--target-params and --target-tokens go together"),
-    (["{sweep}", "--target-flops", "lots"], "not a number: 'lots'"),
-    (["{sweep}", "--emit", "x.yaml"], "--emit needs a target"),
-    (["{sweep}", "--law", "isoflop"], "isoflop: 0 usable compute budgets"),
-    (["{csv}", "--columns", "N=size"], "no such column"),
-])
-def test_bad_input_exits_2_with_one_line(sweep_dir, tmp_path, capsys, args, message):
-    csv = tmp_path / "p.csv"
-    csv.write_text("params,tokens,loss\n1e6,1e8,3\n")
-    argv = [a.format(sweep=sweep_dir, csv=csv) for a in args] + ["--bootstrap", "0"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("windtunnel fit: error:") and message in err
 
 
 def test_number_suffixes():
@@ -118,8 +99,8 @@ def test_isoflop_plots_show_groups(tmp_path):
     N, D, loss = isoflop_points()
     path = tmp_path / "iso.csv"
     path.write_text("N,D,loss\n" + "\n".join(f"{n},{d},{l}" for n, d, l in zip(N, D, loss)))
-    assert main([str(path), "--law", "isoflop", "--bootstrap", "10", "--target-flops", "1e21",
-                 "--plots", str(tmp_path / "p"), "--json", str(tmp_path / "r.json")]) == 0
+    assert run_fit([str(path), "--law", "isoflop", "--bootstrap", "10", "--target-flops", "1e21",
+                    "--plots", str(tmp_path / "p"), "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["details"]["groups"]) == 4 and report["target"]["N_ci"][0] < report["target"]["N"]
     assert (tmp_path / "p" / "isoflop.png").stat().st_size > 10_000

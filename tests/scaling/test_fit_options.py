@@ -8,10 +8,9 @@ import yaml
 
 from windtunnel.recipe import Recipe
 from windtunnel.scaling import critical_batch, read_csv
-from windtunnel.scaling.cli import main
 from windtunnel.scaling.filters import Condition
 
-from .conftest import base_recipe_dict, write_run
+from .conftest import base_recipe_dict, run_fit, write_run
 
 
 def epoch(shared_data) -> list[str]:
@@ -29,8 +28,8 @@ def test_emit_keeps_the_gqa_group_and_says_lr_batch_were_not_fitted(shared_data,
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(base_recipe_dict(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8)))
     out = tmp_path / "t.yaml"
-    assert main(epoch(shared_data) + ["--target-flops", "5.76e23", "--bootstrap", "0", "--emit", str(out),
-                                      "--base", str(base), "--json", str(tmp_path / "r.json")]) == 0
+    assert run_fit(epoch(shared_data) + ["--target-flops", "5.76e23", "--bootstrap", "0", "--emit", str(out),
+                                         "--base", str(base), "--json", str(tmp_path / "r.json")]) == 0
     model = Recipe.load(out).model
     assert model.n_heads % 4 == 0 and model.n_kv_heads == model.n_heads // 4 and model.head_dim == 128
     text = capsys.readouterr().out
@@ -48,27 +47,27 @@ def test_emit_follows_the_sweeps_depth_rule(tmp_path):
             run = write_run(root, f"w{d}_{j}", n, tokens, 1.0 + 20 / n ** 0.3 + 30 / tokens ** 0.3)
             tree = base_recipe_dict(d_model=d, n_heads=d // 32, n_layers=2)
             (run / "recipe.yaml").write_text(yaml.safe_dump(tree))
-    assert main([str(root), "--target-flops", "3e15", "--bootstrap", "0", "--emit", str(tmp_path / "t.yaml")]) == 0
+    assert run_fit([str(root), "--target-flops", "3e15", "--bootstrap", "0", "--emit", str(tmp_path / "t.yaml")]) == 0
     model = Recipe.load(tmp_path / "t.yaml").model
     assert model.n_layers == 2 and model.head_dim == 32 and model.d_model > 192
 
 
 def test_numeric_where_and_exclude(shared_data, tmp_path, sweep_dir):
     args = epoch(shared_data) + ["--bootstrap", "0", "--json", str(tmp_path / "r.json")]
-    assert main(args + ["--where", "Model Size>=1e8", "--where", "Model Size<5e9"]) == 0
+    assert run_fit(args + ["--where", "Model Size>=1e8", "--where", "Model Size<5e9"]) == 0
     data = report(tmp_path)["data"]
     assert 1e8 <= data["N_range"][0] and data["N_range"][1] < 5e9 and data["points"] < 245
-    assert main(args + ["--exclude", "loss>3.5"]) == 0
+    assert run_fit(args + ["--exclude", "loss>3.5"]) == 0
     assert report(tmp_path)["data"]["loss_range"][1] <= 3.5
     # sweep directories: the run name and the canonical columns
     sweep = [str(sweep_dir), "--bootstrap", "0", "--json", str(tmp_path / "s.json")]
-    assert main(sweep) == 0
+    assert run_fit(sweep) == 0
     n_all = report(tmp_path, "s.json")["data"]["points"]
-    assert main(sweep + ["--exclude", "run=run01"]) == 0  # a run with one decay branch: 2 points
+    assert run_fit(sweep + ["--exclude", "run=run01"]) == 0  # a run with one decay branch: 2 points
     assert report(tmp_path, "s.json")["data"]["points"] == n_all - 2
-    assert main(sweep + ["--where", "N>2e8"]) == 0
+    assert run_fit(sweep + ["--where", "N>2e8"]) == 0
     assert report(tmp_path, "s.json")["data"]["N_range"][0] > 2e8
-    assert main(sweep + ["--where", "size>1"]) == 2
+    assert run_fit(sweep + ["--where", "size>1"]) == 2
 
 
 def test_huber_delta_and_tied_exponents(shared_data, tmp_path):
@@ -78,16 +77,16 @@ def test_huber_delta_and_tied_exponents(shared_data, tmp_path):
     src = [str(shared_data / "gadre_overtraining" / "models_loss.csv"), "--columns",
            "N=params_no_embed,D=tokens,loss=loss_c4_val", "--where", "dataset=c4_original", "--where",
            "params<1e9", "--bootstrap", "0", "--json", str(tmp_path / "r.json")]
-    assert main(src) == 0
+    assert run_fit(src) == 0
     free = report(tmp_path)
-    assert main(src + ["--tie-exponents"]) == 0
+    assert run_fit(src + ["--tie-exponents"]) == 0
     tied = report(tmp_path)
     assert tied["params"]["alpha"] == tied["params"]["beta"] != free["params"]["alpha"]
     assert tied["details"]["tied_exponents"] and tied["details"]["objective"] > free["details"]["objective"]
-    assert main(src + ["--huber-delta", "0.1"]) == 0
+    assert run_fit(src + ["--huber-delta", "0.1"]) == 0
     loose = report(tmp_path)
     assert loose["details"]["delta"] == 0.1 and loose["params"]["alpha"] != free["params"]["alpha"]
-    assert main(src + ["--tie-exponents", "--law", "kaplan"]) == 2
+    assert run_fit(src + ["--tie-exponents", "--law", "kaplan"]) == 2
 
 
 def test_batch_unit_and_smooth_loss_on_the_steplaw_grid(shared_data, tmp_path, capsys):
@@ -98,7 +97,7 @@ def test_batch_unit_and_smooth_loss_on_the_steplaw_grid(shared_data, tmp_path, c
     assert not np.allclose(pts.loss, raw.loss)  # found `smooth loss` by itself
     assert np.allclose(pts.batch, raw.batch * 2048)
     assert any("not the raw 'loss' column" in n for n in pts.notes)
-    assert main([str(path), "--law", "lr-bs", "--columns", "batch=bs", "--bootstrap", "0"]) == 0
+    assert run_fit([str(path), "--law", "lr-bs", "--columns", "batch=bs", "--bootstrap", "0"]) == 0
     assert "read as tokens per step; if it counts sequences pass --batch-unit" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs --seq-len or a seq_len column"):
         read_csv(path, {"batch": "bs"}, batch_unit="sequences")
@@ -113,8 +112,8 @@ def test_critical_batch_law_on_zhang_et_al(shared_data, tmp_path, capsys):
     McCandlish's S(B) = S_min (1 + B_crit/B) per size we measure B_crit from 1.1M tokens (85M) to 5.7M
     (1.2B), i.e. a = 0.62; the test allows 0.45-0.8."""
     path = shared_data / "critical_batch_size" / "steps_to_target_loss.csv"
-    assert main([str(path), "--law", "critical-batch", "--columns", "N=N_millions", "--bootstrap", "30",
-                 "--target-params", "3000", "--target-tokens", "1", "--json", str(tmp_path / "r.json")]) == 0
+    assert run_fit([str(path), "--law", "critical-batch", "--columns", "N=N_millions", "--bootstrap", "30",
+                    "--target-params", "3000", "--target-tokens", "1", "--json", str(tmp_path / "r.json")]) == 0
     r = report(tmp_path)
     assert 0.45 < r["params"]["a"] < 0.8 and r["ci"]["a"][0] < r["params"]["a"] < r["ci"]["a"][1]
     b = [s["B_crit"] for s in r["sizes"]]
@@ -130,8 +129,8 @@ def test_critical_batch_law_on_zhang_et_al(shared_data, tmp_path, capsys):
 def test_group_split_warning_on_porian(shared_data, capsys):
     src = [str(shared_data / "porian_resolving" / "isoflop_runs.csv"), "--columns", "N=N,D=T_tokens,C=flops",
            "--law", "isoflop", "--bootstrap", "0"]
-    assert main(src) == 0
+    assert run_fit(src) == 0
     out = capsys.readouterr().out
     assert "columns split the rows into distinct groups" in out and "config_id (15:" in out
-    assert main(src + ["--where", "config_id=rw|tuned|short|const|standard|val"]) == 0
+    assert run_fit(src + ["--where", "config_id=rw|tuned|short|const|standard|val"]) == 0
     assert "distinct groups" not in capsys.readouterr().out

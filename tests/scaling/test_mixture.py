@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from windtunnel.recipe import Recipe
-from windtunnel.scaling.cli import main
 from windtunnel.scaling.mixture import MixturePoints, parse_objective, propose
+
+from .conftest import run_fit
 
 NAMES = ["web", "code", "math"]
 OPTIMUM = np.array([0.5, 0.3, 0.2])
@@ -74,11 +75,11 @@ def test_cli_reads_a_sweep_and_emits_a_recipe_with_the_mix(tmp_path, capsys):
             "status": "completed", "mixture": {"weights": dict(zip(NAMES, points.weights[i].tolist()))},
             "val_loss_by_source": {n: float(points.losses[n][i]) for n in NAMES}}))
     out = tmp_path / "target.yaml"
-    code = main([str(tmp_path / "sweep"), "--law", "mixture", "--objective", "mean", "--bootstrap", "20",
-                 "--emit", str(out), "--json", str(tmp_path / "fit.json")])
+    code = run_fit([str(tmp_path / "sweep"), "--law", "mixture", "--objective", "mean", "--bootstrap", "20",
+                    "--emit", str(out), "--json", str(tmp_path / "fit.json")])
     assert code == 0
     assert "chosen mix: web=" in capsys.readouterr().out
     mix = Recipe.load(out).data.mix
     assert mix == json.loads((tmp_path / "fit.json").read_text())["chosen"]
     assert abs(mix["web"] - 0.5) < 0.1
-    assert main([str(tmp_path / "sweep"), "--law", "mixture", "--objective", "books"]) == 2
+    assert run_fit([str(tmp_path / "sweep"), "--law", "mixture", "--objective", "books"]) == 2

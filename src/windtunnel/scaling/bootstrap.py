@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
+
 from .points import Points
 from .result import Law, LawFit
 
@@ -17,7 +19,7 @@ def bootstrap_fits(law: Law, points: Points, estimate: LawFit, resamples: int, s
         idx = rng.integers(0, len(points), len(points))
         try:
             fit = law.fit(points.subset(idx), start=estimate.params, **options)
-        except (ValueError, np.linalg.LinAlgError):
+        except (DataError, np.linalg.LinAlgError):
             failures += 1  # e.g. a resample left a compute budget with too few model sizes
             continue
         samples.append({**fit.params, **fit.derived})

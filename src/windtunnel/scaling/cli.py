@@ -4,7 +4,8 @@
         --emit target.yaml
     windtunnel fit points.csv --law isoflop --columns N=params,C=flops,loss=val_loss
 
-Bad input exits 2 with a one-line error.
+Bad input raises RecipeError / DataError: `windtunnel.cli`'s boundary prints it as one line (exit 2);
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..recipe import RecipeError
+from ..errors import DataError, RecipeError, run_command
 from . import filters
 from .filters import parse_number
 from .fit import LAWS, fit_law
@@ -23,8 +24,9 @@ from .points import N_KINDS, Points, load_points, parse_columns
 from .predict import MAX_EXTRAPOLATION, emit_recipe, family_rules, predict_target, restate_for_emitted
 from .report import build_report, format_summary, write_report
 
-class UsageError(ValueError):
-    pass
+
+class UsageError(RecipeError):
+    """A bad flag or argument, as argparse words it (one line, no usage block)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -106,7 +108,9 @@ def law_options(args) -> dict:
     if args.law == "lr-bs":
         return {"method": args.lr_method}
     if args.tie_exponents and args.law != "chinchilla":
-        raise ValueError(f"--tie-exponents: only for --law chinchilla, not {args.law}")
+        raise RecipeError(f"--tie-exponents: only for --law chinchilla, not {args.law}")
+    if args.law == "envelope":  # the frontier's power laws take no options
+        return {}
     options = {"delta": args.huber_delta}
     return {**options, "tie": True} if args.tie_exponents else options
 
@@ -114,17 +118,22 @@ def law_options(args) -> dict:
 def check_args(args) -> None:
     """Everything that can be refused before reading data or fitting."""
     if (args.target_params is None) != (args.target_tokens is None):
-        raise ValueError("--target-params and --target-tokens go together")
-    if not 0 < args.level < 1:
-        raise ValueError(f"--level: must be between 0 and 1, got {args.level}")
+        raise RecipeError("--target-params and --target-tokens go together")
     wants_target = args.target_flops is not None or args.target_params is not None
     if args.emit and not wants_target:
-        raise ValueError("--emit needs a target: --target-flops or --target-params/--target-tokens")
+        raise RecipeError("--emit needs a target: --target-flops or --target-params/--target-tokens")
+    check_outputs(args)
+
+
+def check_outputs(args) -> None:
+    """The checks every law shares (mixture too): the interval level and the output paths."""
+    if not 0 < args.level < 1:
+        raise RecipeError(f"--level: must be between 0 and 1, got {args.level}")
     for flag, path in (("--json", args.json), ("--emit", args.emit)):
         if path and Path(path).is_dir():
-            raise ValueError(f"{flag} {path}: is a directory (give a file name)")
+            raise RecipeError(f"{flag} {path}: is a directory (give a file name)")
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise ValueError(f"--plots {args.plots}: exists and is not a directory")
+        raise RecipeError(f"--plots {args.plots}: exists and is not a directory")
 
 
 def run(args) -> dict:
@@ -165,14 +174,14 @@ def run_critical_batch(args) -> dict:
     from . import critical_batch
 
     if Path(args.source).is_dir():
-        raise ValueError(f"{args.source}: --law critical-batch reads a CSV (N, batch, steps to a target loss)")
+        raise DataError(f"{args.source}: --law critical-batch reads a CSV (N, batch, steps to a target loss)")
     if not Path(args.source).is_file():
-        raise ValueError(f"{args.source}: no such CSV file")
+        raise DataError(f"{args.source}: no such CSV file")
     N, batch, steps = critical_batch.load(args.source, parse_columns(args.columns, critical_batch.COLUMNS),
                                           filters.parse(args.where, "--where"), filters.parse(args.exclude, "--exclude"))
     if args.batch_unit == "sequences":
         if args.seq_len is None:
-            raise ValueError("--batch-unit sequences needs --seq-len for --law critical-batch")
+            raise RecipeError("--batch-unit sequences needs --seq-len for --law critical-batch")
         batch = batch * args.seq_len
     report = critical_batch.fit_critical_batch(N, batch, steps, args.bootstrap, args.seed, args.level)
     report.update(source=str(args.source), plots=[], emitted_recipe=None)
@@ -189,7 +198,7 @@ def _writing(flag: str, path: str, write):
     try:
         return write()
     except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+        raise RecipeError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
 
 
 def fit_hparams(points: Points, args):
@@ -199,7 +208,7 @@ def fit_hparams(points: Points, args):
     try:
         return fit_law("lr-bs", points, bootstrap=min(args.bootstrap, 100), seed=args.seed, level=args.level,
                        method=args.lr_method)
-    except ValueError as e:
+    except DataError as e:  # too few cells or no LR axes: the loss law stands without suggestions
         print(f"note: no lr-bs law ({e})", file=sys.stderr)
         return None
 
@@ -210,7 +219,7 @@ def base_recipe(points: Points) -> str:
         run = points.labels[i].split("@")[0]
         if run in points.recipes:
             return points.recipes[run]
-    raise ValueError("--emit: no run recipe.yaml found in SOURCE; pass --base RECIPE")
+    raise RecipeError("--emit: no run recipe.yaml found in SOURCE; pass --base RECIPE")
 
 
 def usable_base(path: str) -> str:
@@ -218,23 +227,20 @@ def usable_base(path: str) -> str:
     from ..recipe import Recipe
 
     if not Path(path).is_file():
-        raise ValueError(f"--base: {path}: no such recipe file")
+        raise RecipeError(f"--base: {path}: no such recipe file")
     Recipe.load(path)  # RecipeError names the file and key
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.law == "mixture":  # data mixtures: scaling/mixture.py
-            from .mixture import format_mixture, run_mixture
-            report = run_mixture(args)
-            print(format_mixture(report))
-            return 0
-        report = run(args)
-    except (ValueError, RecipeError, OSError) as e:
-        print(f"windtunnel fit: error: {e}", file=sys.stderr)
-        return 2
+    """Errors propagate to the boundary in `windtunnel.cli.main` (bad input: one line, exit 2)."""
+    args = build_parser().parse_args(argv)
+    if args.law == "mixture":  # data mixtures: scaling/mixture.py
+        from .mixture import format_mixture, run_mixture
+        check_outputs(args)
+        print(format_mixture(run_mixture(args)))
+        return 0
+    report = run(args)
     if args.law == "critical-batch":
         from .critical_batch import summary
         print(summary(report))
@@ -249,4 +255,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main, prog="windtunnel fit"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from ..errors import DataError
 from .bootstrap import percentile_ci
 from .filters import keep_row
 from .points import _cell, _read_table
@@ -26,7 +27,7 @@ COLUMNS = {"N": ("n", "params", "n_params", "n_millions"),
 def fit_size(batch: np.ndarray, steps: np.ndarray) -> tuple[float, float]:
     """(S_min, B_crit) of S = S_min (1 + B_crit / B), fitted on log S."""
     if len(np.unique(batch)) < 3:
-        raise ValueError("critical-batch: need >= 3 batch sizes per model size")
+        raise DataError("critical-batch: need >= 3 batch sizes per model size")
     lb, ls = np.log(batch), np.log(steps)
 
     def resid(theta):  # theta = (log S_min, log B_crit)
@@ -40,7 +41,7 @@ def fit_size(batch: np.ndarray, steps: np.ndarray) -> tuple[float, float]:
 def fit_power(N: np.ndarray, batch: np.ndarray, steps: np.ndarray) -> dict:
     sizes = np.unique(N)
     if len(sizes) < 2:
-        raise ValueError(f"critical-batch: {len(sizes)} model size(s): need >= 2 for B_crit = c N^a")
+        raise DataError(f"critical-batch: {len(sizes)} model size(s): need >= 2 for B_crit = c N^a")
     per = [fit_size(batch[N == n], steps[N == n]) for n in sizes]
     b_crit = np.array([b for _, b in per])
     a, log_c = np.polyfit(np.log(sizes), np.log(b_crit), 1)
@@ -61,7 +62,7 @@ def fit_critical_batch(N, batch, steps, bootstrap: int = 200, seed: int = 0, lev
         idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
         try:
             samples.append(fit_power(N[idx], batch[idx], steps[idx])["params"])
-        except ValueError:
+        except DataError:  # a resample left a size with fewer than 3 batch sizes
             failures += 1
     out.update(law="critical-batch", ci=percentile_ci(samples, level), ci_level=level,
                bootstrap={"resamples": bootstrap, "failed": failures}, dropped_rows=dropped,
@@ -91,11 +92,11 @@ def load(path, columns: dict[str, str], where: list, exclude: list) -> tuple[np.
     for key, names in COLUMNS.items():
         name = columns.get(key) or next((lower[n] for n in names if n in lower), None)
         if name is None or name not in header:
-            raise ValueError(f"{path}: critical-batch needs a {key} column; map it with --columns {key}=NAME")
+            raise DataError(f"{path}: critical-batch needs a {key} column; map it with --columns {key}=NAME")
         mapping[key] = name
     table = [r for r in table if keep_row(lambda c, r=r: r.get(c, r.get(mapping.get(c))), where, exclude)]
     if not table:
-        raise ValueError(f"{path}: no rows (after --where/--exclude filters)")
+        raise DataError(f"{path}: no rows (after --where/--exclude filters)")
     return tuple(np.array([_cell(path, i, r[mapping[k]], mapping[k]) for i, r in enumerate(table)])
                  for k in ("N", "batch", "steps"))
 

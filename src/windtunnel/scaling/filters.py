@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import RecipeError
+
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 OPS: dict[str, Callable] = {">=": operator.ge, "<=": operator.le, "!=": operator.ne, ">": operator.gt,
                             "<": operator.lt, "=": operator.eq}
@@ -45,10 +47,10 @@ def parse(items: list[str], flag: str) -> list[Condition]:
     for item in items:
         m = PATTERN.match(item)
         if not m or not m.group(1):
-            raise ValueError(f"{flag}: expected COL=VALUE, COL!=VALUE or COL>X (>=, <, <=), got {item!r}")
+            raise RecipeError(f"{flag}: expected COL=VALUE, COL!=VALUE or COL>X (>=, <, <=), got {item!r}")
         cond = Condition(*m.groups())
         if cond.op not in ("=", "!=") and parse_number(cond.value) is None:
-            raise ValueError(f"{flag} {item!r}: {cond.op} needs a number, got {cond.value!r}")
+            raise RecipeError(f"{flag} {item!r}: {cond.op} needs a number, got {cond.value!r}")
         out.append(cond)
     return out
 

@@ -10,6 +10,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import frontier, hparams, laws
+from ..errors import DataError, RecipeError
 from .bootstrap import bootstrap_fits, percentile_ci
 from .checks import (ci_warnings, holdout_loss_law, holdout_top_compute, holdout_warnings, scale_warnings,
                      top_compute_warning)
@@ -39,9 +40,9 @@ def fit_law(law: str, points: Points | None = None, *, N=None, D=None, loss=None
     Loss laws see each (N, D) cell at its best loss (sweeps with LR axes). `options` go to the
     law's fitter: delta/refine (chinchilla, kaplan), tolerance/neighbours (isoflop), method/window (lr-bs)."""
     if law not in LAWS:
-        raise ValueError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
+        raise RecipeError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
     if not 0 < level < 1:
-        raise ValueError(f"level: {level} must be between 0 and 1")
+        raise RecipeError(f"level: {level} must be between 0 and 1")
     if points is None:
         points = Points.from_arrays(N, D, loss, C=C, lr=lr, batch=batch, n_kind=n_kind)
     # One BLAS thread: the fits are thousands of tiny L-BFGS-B steps, and a threaded BLAS inside them
@@ -87,16 +88,16 @@ def too_few(impl: Law, points: Points, options: dict) -> None:
     """Refuse a fit with fewer points than free parameters: it would 'succeed' with zero-width CIs."""
     n_params = impl.n_params - (1 if options.get("tie") else 0)
     if impl.kind == "loss" and len(points) < n_params:
-        raise ValueError(f"{impl.name}: {len(points)} distinct (N, D) point(s) for {n_params} parameters: "
+        raise DataError(f"{impl.name}: {len(points)} distinct (N, D) point(s) for {n_params} parameters: "
                          f"need at least {n_params} (and more for meaningful intervals)")
     if impl.kind == "frontier" and len(np.unique(points.C)) < 2:
-        raise ValueError(f"{impl.name}: {len(points)} point(s) at one compute: need several budgets")
+        raise DataError(f"{impl.name}: {len(points)} point(s) at one compute: need several budgets")
 
 
 def leave_top_compute_out(impl: Law, points: Points, options: dict) -> dict:
     try:
         return holdout_top_compute(impl.fit, impl.predict, points, options)
-    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+    except (DataError, np.linalg.LinAlgError) as e:  # too few points left, or a singular refit
         return {"skipped": f"refit without the top compute budget failed: {e}"}
 
 
@@ -106,5 +107,5 @@ def leave_largest_out(impl: Law, points: Points, options: dict) -> dict:
         return {"skipped": "fewer than 3 model sizes: nothing left to fit after holding one out"}
     try:
         return impl.holdout(points, options)
-    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+    except (DataError, np.linalg.LinAlgError) as e:  # too few points left, or a singular refit
         return {"skipped": f"refit without the largest scale failed: {e}"}

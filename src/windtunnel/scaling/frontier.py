@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
 from .checks import errors, item, report
 from .optimize import at_bounds, grid, huber_fit, lse_softmax, power_law_ols
 from .points import Points
@@ -80,7 +81,7 @@ def pareto_frontier(points: Points) -> np.ndarray:
 def fit_envelope(points: Points, start: dict | None = None) -> LawFit:
     idx = pareto_frontier(points)
     if len(idx) < 3:
-        raise ValueError(f"envelope: only {len(idx)} points on the loss frontier (need >= 3)")
+        raise DataError(f"envelope: only {len(idx)} points on the loss frontier (need >= 3)")
     f = points.subset(idx)
     details = {"frontier": [{"label": f.labels[i], "C": f.C[i], "N": f.N[i], "D": f.D[i], "loss": f.loss[i]}
                             for i in range(len(f))]}
@@ -162,7 +163,7 @@ def fit_isoflop(points: Points, start: dict | None = None, tolerance: float = 0.
                 neighbours: int | None = NEIGHBOURS) -> LawFit:
     optima, warnings = isoflop_optima(points, tolerance, neighbours)
     if len(optima) < 2:
-        raise ValueError(f"isoflop: {len(optima)} usable compute budgets (need >= 2, each with >= 3 model "
+        raise DataError(f"isoflop: {len(optima)} usable compute budgets (need >= 2, each with >= 3 model "
                          "sizes around an interior minimum); set the grouping with --group-tolerance")
     if len(optima) < 3:
         warnings.append(f"isoflop: only {len(optima)} compute budgets: the exponents rest on 2 points")
@@ -174,6 +175,8 @@ def fit_isoflop(points: Points, start: dict | None = None, tolerance: float = 0.
 def holdout_isoflop(points: Points, options: dict) -> dict:
     tol, k = options.get("tolerance", 0.25), options.get("neighbours", NEIGHBOURS)
     usable = [g for g in group_by_compute(points.C, tol) if isinstance(isoflop_vertex(points, g, k), dict)]
+    if not usable:
+        raise DataError("isoflop: no compute budget with an interior minimum to hold out")
     held = usable[-1]
     mask = np.ones(len(points), bool)
     mask[held] = False

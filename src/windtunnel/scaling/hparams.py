@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError, RecipeError
 from .checks import errors, report
 from .points import Points
 from .result import LawFit
@@ -87,16 +88,16 @@ def regression_rows(points: Points, method: str, window: float) -> tuple[dict, l
         keep = np.concatenate([idx[points.loss[idx] <= points.loss[idx].min() * (1 + NEAR_BEST)] for idx in groups])
         rows = {"N": points.N[keep], "D": points.D[keep], "lr": points.lr[keep], "batch": points.batch[keep]}
     else:
-        raise ValueError(f"lr-bs: method {method!r} is not one of quadratic, near_best")
+        raise RecipeError(f"lr-bs: method {method!r} is not one of quadratic, near_best")
     return rows, optima
 
 
 def fit_lr_bs(points: Points, start: dict | None = None, method: str = "quadratic", window: float = WINDOW) -> LawFit:
     if not np.isfinite(points.lr).any():
-        raise ValueError("lr-bs: no learning rates in the data (summary.json 'lr' or an lr column)")
+        raise DataError("lr-bs: no learning rates in the data (summary.json 'lr' or an lr column)")
     rows, optima = regression_rows(points, method, window)
     if len(optima) < 2:
-        raise ValueError(f"lr-bs: {len(optima)} (N, D) cells (need >= 2)")
+        raise DataError(f"lr-bs: {len(optima)} (N, D) cells (need >= 2)")
     logN, logD = np.log(rows["N"]), np.log(rows["D"])
     vary_N, vary_D = len(np.unique(logN)) > 1, len(np.unique(logD)) > 1
     warnings = [f"lr-bs: {name} does not vary across cells: its exponent is fixed at 0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError, RecipeError
 from .optimize import HUBER_DELTA, at_bounds, grid, huber_fit, lse_softmax
 from .points import Points
 from .result import LawFit
@@ -61,7 +62,7 @@ def chinchilla_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     C = np.asarray(C, float)
     alpha, beta = p["alpha"], p["beta"]
     if alpha <= 0 or beta <= 0:
-        raise ValueError("chinchilla: compute-optimal split needs alpha > 0 and beta > 0")
+        raise DataError("chinchilla: compute-optimal split needs alpha > 0 and beta > 0")
     G = (alpha * p["A"] / (beta * p["B"])) ** (1.0 / (alpha + beta))
     N = G * (C / 6.0) ** (beta / (alpha + beta))
     D = C / (6.0 * N)
@@ -72,7 +73,7 @@ def fit_chinchilla(points: Points, start: dict | None = None, delta: float = HUB
                    refine: int = 32, tie: bool = False) -> LawFit:
     """`tie=True`: one exponent for N and D (alpha = beta, Gadre et al. 2024), 4 free parameters."""
     if not np.isfinite(delta) or delta <= 0:
-        raise ValueError(f"--huber-delta: must be a positive number, got {delta}")
+        raise RecipeError(f"--huber-delta: must be a positive number, got {delta}")
     x, y = np.log(points.N), np.log(points.D)
     starts = chinchilla_theta(start)[None] if start else CHINCHILLA_GRID
     if tie:

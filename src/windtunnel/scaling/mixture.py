@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..errors import DataError, RecipeError
 from ..recipe import Recipe, load_yaml_tree
 
 MODELS = ("auto", "linear", "quadratic")
@@ -47,14 +48,17 @@ def collect_mixture_points(root: str | Path) -> MixturePoints:
     root = Path(root)
     rows = []
     for path in sorted(root.rglob("summary.json")):
-        s = json.loads(path.read_text())
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not a JSON summary ({e.msg} at line {e.lineno})") from None
         if s.get("status") == "completed" and s.get("mixture") and s.get("val_loss_by_source"):
             rows.append((path.parent, s["mixture"]["weights"], s["val_loss_by_source"]))
     if len(rows) < 3:
-        raise ValueError(f"{root}: --law mixture needs >= 3 completed mixture runs, found {len(rows)}")
+        raise DataError(f"{root}: --law mixture needs >= 3 completed mixture runs, found {len(rows)}")
     names = list(rows[0][1])
     if any(list(w) != names or sorted(v) != sorted(names) for _, w, v in rows):
-        raise ValueError(f"{root}: mixture runs disagree on their sources (first: {', '.join(names)})")
+        raise DataError(f"{root}: mixture runs disagree on their sources (first: {', '.join(names)})")
     labels = [str(d.relative_to(root)) for d, _, _ in rows]
     return MixturePoints(names=names, weights=np.array([[w[n] for n in names] for _, w, _ in rows]),
                          losses={n: np.array([v[n] for _, _, v in rows]) for n in names}, labels=labels,
@@ -69,11 +73,11 @@ def parse_objective(text: str, names: list[str]) -> dict[str, float]:
     for part in text.split(","):
         name, sep, value = part.partition("=")
         if name.strip() not in names:
-            raise ValueError(f"--objective: unknown source {name.strip()!r} (sources: {', '.join(names)})")
+            raise RecipeError(f"--objective: unknown source {name.strip()!r} (sources: {', '.join(names)})")
         try:
             out[name.strip()] = float(value) if sep else 1.0
         except ValueError:
-            raise ValueError(f"--objective: {part!r} is not name=weight") from None
+            raise RecipeError(f"--objective: {part!r} is not name=weight") from None
     return out
 
 

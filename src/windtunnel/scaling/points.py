@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError, RecipeError
 from . import filters
 
 N_KINDS = {  # --n-kind -> summary.json key ("active" is the MoE analogue of non-embedding)
@@ -54,9 +55,9 @@ class Points:
         """Build from array-likes; D or C may be omitted (C = 6ND, Kaplan et al. 2020)."""
         N = _array("N", N)
         if loss is None:
-            raise ValueError("loss: values are required")
+            raise DataError("loss: values are required")
         if D is None and C is None:
-            raise ValueError("D: give tokens D or training FLOPs C (then D = C / 6N)")
+            raise DataError("D: give tokens D or training FLOPs C (then D = C / 6N)")
         D = _array("D", D) if D is not None else _array("C", C) / (6.0 * N)
         C = _array("C", C) if C is not None else 6.0 * N * D
         n = len(N)
@@ -65,10 +66,10 @@ class Points:
                 "batch": _array("batch", batch) if batch is not None else np.full(n, np.nan)}
         for name, col in cols.items():
             if len(col) != n:
-                raise ValueError(f"{name}: has {len(col)} values but N has {n}")
+                raise DataError(f"{name}: has {len(col)} values but N has {n}")
         for name, col in {"N": N, "D": D, "C": C, "loss": cols["loss"]}.items():
             if not np.all(np.isfinite(col) & (col > 0)):
-                raise ValueError(f"{name}: all values must be finite and positive")
+                raise DataError(f"{name}: all values must be finite and positive")
         return cls(N=N, D=D, C=C, loss=cols["loss"], lr=cols["lr"], batch=cols["batch"],
                    labels=list(labels) if labels else [f"#{i}" for i in range(n)], n_kind=n_kind)
 
@@ -117,7 +118,7 @@ def _array(name: str, values) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=float).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: values must be numbers") from None
+        raise DataError(f"{name}: values must be numbers") from None
     return arr
 
 
@@ -129,7 +130,7 @@ def collect_sweep(root: str | Path, n_kind: str = "non_embedding", where=None, e
     `where`/`exclude` (filters.Condition lists) see the columns N, D, C, loss, lr, batch and run."""
     root = Path(root)
     if n_kind not in N_KINDS:
-        raise ValueError(f"--n-kind: {n_kind!r} is not one of {', '.join(N_KINDS)}")
+        raise RecipeError(f"--n-kind: {n_kind!r} is not one of {', '.join(N_KINDS)}")
     rows, recipes, skipped = [], {}, []
     for summary_path in sorted(root.rglob("summary.json")):
         run = summary_path.parent
@@ -147,16 +148,16 @@ def collect_sweep(root: str | Path, n_kind: str = "non_embedding", where=None, e
             recipes[label] = str(run / "recipe.yaml")
         rows.extend(_rows_of_run(label, s, n_kind))
     if not rows:
-        raise ValueError(f"{root}: no completed run with summary.json found ({len(skipped)} skipped)")
+        raise DataError(f"{root}: no completed run with summary.json found ({len(skipped)} skipped)")
     conds, drops = _conditions(where), list(exclude or [])
     for c in conds + drops:
         if c.column not in SWEEP_COLUMNS:
-            raise ValueError(f"--where/--exclude: column {c.column!r} is not one of {', '.join(SWEEP_COLUMNS)}")
+            raise RecipeError(f"--where/--exclude: column {c.column!r} is not one of {', '.join(SWEEP_COLUMNS)}")
     n_read = len(rows)
     rows = [r for r in rows if filters.keep_row(lambda col, r=r: r["label"].split("@")[0] if col == "run" else r[col],
                                                 conds, drops)]
     if not rows:
-        raise ValueError(f"{root}: no points left after --where/--exclude ({filters.describe(conds, drops)})")
+        raise DataError(f"{root}: no points left after --where/--exclude ({filters.describe(conds, drops)})")
     cols = {k: [r[k] for r in rows] for k in COLUMNS}
     pts = Points.from_arrays(cols["N"], cols["D"], cols["loss"], C=cols["C"], lr=cols["lr"], batch=cols["batch"],
                              n_kind=n_kind, labels=[r["label"] for r in rows])
@@ -206,7 +207,7 @@ def parse_columns(spec: str | None, keys=COLUMNS) -> dict[str, str]:
         key, sep, name = item.partition("=")
         key = key.strip()
         if not sep or key not in keys or not name.strip():
-            raise ValueError(f"--columns: bad item {item!r} (expected KEY=CSV_COLUMN, KEY in {', '.join(keys)})")
+            raise RecipeError(f"--columns: bad item {item!r} (expected KEY=CSV_COLUMN, KEY in {', '.join(keys)})")
         out[key] = name.strip()
     return out
 
@@ -223,13 +224,13 @@ def read_csv(path: str | Path, columns: dict[str, str] | None = None, n_kind: st
     conds, drops = _conditions(where), list(exclude or [])
     for c in conds + drops:
         if c.column not in header and c.column not in mapping:
-            raise ValueError(f"{path}: --where/--exclude column {c.column!r} not in the header "
+            raise RecipeError(f"{path}: --where/--exclude column {c.column!r} not in the header "
                              f"(have: {', '.join(header)})")
     n_read = len(table)
     table = [row for row in table if filters.keep_row(lambda col, row=row: row.get(col, row.get(mapping.get(col))),
                                                       conds, drops)]
     if not table:
-        raise ValueError(f"{path}: no rows (after --where/--exclude filters)")
+        raise DataError(f"{path}: no rows (after --where/--exclude filters)")
     values = {key: np.array([_cell(path, i, row[name], name) for i, row in enumerate(table)])
               for key, name in mapping.items()}
     notes = [f"{path.name}: kept {len(table)} of {n_read} rows ({filters.describe(conds, drops)})"] \
@@ -243,7 +244,7 @@ def read_csv(path: str | Path, columns: dict[str, str] | None = None, n_kind: st
     positive = np.all([~np.isfinite(v) | (v > 0) for v in required.values()], axis=0)
     usable = finite & positive
     if not usable.any():
-        raise ValueError(f"{path}: no row has positive, finite N, loss and D (or C)")
+        raise DataError(f"{path}: no row has positive, finite N, loss and D (or C)")
     values = {k: v[usable] for k, v in values.items()}
     pts = Points.from_arrays(values["N"], values.get("D"), values.get("loss"), C=values.get("C"),
                              lr=values.get("lr"), batch=values.get("batch"), n_kind=n_kind,
@@ -268,11 +269,11 @@ def _read_table(path: Path) -> tuple[list[str], list[dict]]:
             return [h.strip() for h in reader.fieldnames or []], [
                 {k.strip() if isinstance(k, str) else k: v for k, v in row.items()} for row in reader]
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from None
+        raise DataError(f"{path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
-        raise ValueError(f"{path}: not a readable CSV ({e})") from None
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read CSV ({e.strerror})") from None
+        raise DataError(f"{path}: cannot read CSV ({e.strerror})") from None
 
 
 def _conditions(where) -> list:
@@ -291,17 +292,17 @@ def _batch_tokens(path: Path, batch: np.ndarray, column: str, table: list[dict],
         return batch, (f"{path.name}: batch column {column!r} read as tokens per step; if it counts "
                        "sequences pass --batch-unit sequences (with --seq-len or a seq_len column)")
     if unit not in BATCH_UNITS:
-        raise ValueError(f"--batch-unit: {unit!r} is not one of {', '.join(BATCH_UNITS)}")
+        raise RecipeError(f"--batch-unit: {unit!r} is not one of {', '.join(BATCH_UNITS)}")
     if unit == "tokens":
         return batch, f"{path.name}: batch column {column!r} in tokens"
     if seq_len is None:
         col = next((h for h in header if h.lower() in ("seq_len", "seq_length", "context_length")), None)
         if col is None:
-            raise ValueError(f"{path}: --batch-unit sequences needs --seq-len or a seq_len column")
+            raise RecipeError(f"{path}: --batch-unit sequences needs --seq-len or a seq_len column")
         lengths = np.array([_cell(path, i, row[col], col) for i, row in enumerate(table)])
         return batch * lengths, f"{path.name}: batch column {column!r} in sequences x column {col!r}"
     if not np.isfinite(seq_len) or seq_len <= 0:
-        raise ValueError(f"--seq-len: must be a positive number, got {seq_len}")
+        raise RecipeError(f"--seq-len: must be a positive number, got {seq_len}")
     return batch * seq_len, f"{path.name}: batch column {column!r} in sequences x --seq-len {seq_len:g}"
 
 
@@ -335,7 +336,7 @@ def _resolve_columns(path: Path, header: list[str], columns: dict[str, str]) -> 
     for key in COLUMNS:
         if key in columns:
             if columns[key] not in header:
-                raise ValueError(f"{path}: --columns {key}={columns[key]!r}: no such column "
+                raise RecipeError(f"{path}: --columns {key}={columns[key]!r}: no such column "
                                  f"(have: {', '.join(header)})")
             mapping[key] = columns[key]
             continue
@@ -344,9 +345,9 @@ def _resolve_columns(path: Path, header: list[str], columns: dict[str, str]) -> 
             mapping[key] = found
     for key in ("N", "loss"):
         if key not in mapping:
-            raise ValueError(f"{path}: no {key} column; map it with --columns {key}=NAME")
+            raise DataError(f"{path}: no {key} column; map it with --columns {key}=NAME")
     if "D" not in mapping and "C" not in mapping:
-        raise ValueError(f"{path}: need a tokens (D) or FLOPs (C) column; map one with --columns D=NAME")
+        raise DataError(f"{path}: need a tokens (D) or FLOPs (C) column; map one with --columns D=NAME")
     return mapping
 
 
@@ -356,7 +357,7 @@ def _cell(path: Path, i: int, text: str, column: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{path}: line {i + 2}, column {column!r}: {text!r} is not a number") from None
+        raise DataError(f"{path}: line {i + 2}, column {column!r}: {text!r} is not a number") from None
 
 
 def load_points(source: str | Path, n_kind: str = "non_embedding", columns: dict[str, str] | None = None,
@@ -368,4 +369,4 @@ def load_points(source: str | Path, n_kind: str = "non_embedding", columns: dict
         return collect_sweep(source, n_kind, where, exclude)
     if source.is_file():
         return read_csv(source, columns, n_kind, where, exclude, batch_unit, seq_len)
-    raise ValueError(f"{source}: no such sweep directory or CSV file")
+    raise DataError(f"{source}: no such sweep directory or CSV file")

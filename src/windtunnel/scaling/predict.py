@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from ..errors import RecipeError
 from ..recipe import Recipe, deep_merge, load_yaml_tree
 from .checks import extrapolation_warning
 from .result import FitResult
@@ -20,7 +21,7 @@ def predict_target(result: FitResult, *, params: float | None = None, tokens: fl
     """N*, D*, loss (with CI) for a budget C (compute-optimal, C = 6ND) or for a given (N, D);
     plus the learning rate and batch suggested by the lr-bs law (`hparams`, or `result` itself)."""
     if flops is not None and (params is not None or tokens is not None):
-        raise ValueError("target: give either --target-flops or --target-params with --target-tokens, not both")
+        raise RecipeError("target: give either --target-flops or --target-params with --target-tokens, not both")
     out: dict = {"warnings": []}
     if flops is not None:
         _positive("--target-flops", flops)
@@ -41,9 +42,9 @@ def predict_target(result: FitResult, *, params: float | None = None, tokens: fl
             if band:
                 out["loss_ci"] = _pair(band)
         elif result.impl.kind == "frontier":
-            raise ValueError(f"law {result.law} predicts only compute-optimal runs: use --target-flops")
+            raise RecipeError(f"law {result.law} predicts only compute-optimal runs: use --target-flops")
     else:
-        raise ValueError("target: give --target-flops C, or --target-params N with --target-tokens D")
+        raise RecipeError("target: give --target-flops C, or --target-params N with --target-tokens D")
     out.update(loss=loss, tokens_per_param=D / N, extrapolation=out["C"] / result.max_fitted_compute)
     warning = extrapolation_warning(out["C"], result.max_fitted_compute, max_extrapolation)
     if warning:
@@ -70,17 +71,15 @@ def _pair(band) -> list[float]:
 
 def _positive(name: str, value: float) -> None:
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: must be a positive number, got {value}")
+        raise RecipeError(f"{name}: must be a positive number, got {value}")
 
 
 # ----------------------------------------------------------------------------- --emit
 
 
 def default_shape_fn() -> Callable[[float, dict], dict]:
-    try:
-        from ..sweep.families import shape_for_params
-    except ImportError as e:
-        raise ValueError(f"--emit needs windtunnel.sweep.families.shape_for_params ({e})") from None
+    from ..sweep.families import shape_for_params  # a missing package says so (exit 2); a broken import is a bug
+
     return shape_for_params
 
 

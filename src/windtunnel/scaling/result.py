@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import DataError, RecipeError
 from .points import Points
 
 
@@ -50,20 +51,20 @@ class FitResult:
     def predict(self, N, D) -> np.ndarray:
         """Predicted loss at N parameters (the fit's n_kind) trained on D tokens."""
         if self.impl.predict is None:
-            raise ValueError(f"law {self.law} does not predict L(N, D); use compute_optimal(C)"
+            raise RecipeError(f"law {self.law} does not predict L(N, D); use compute_optimal(C)"
                              if self.impl.optimal else f"law {self.law} predicts hyperparameters; use suggest(N, D)")
         return self.impl.predict(self.params, N, D)
 
     def compute_optimal(self, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N*, D*, loss*) for a training budget of C FLOPs (C = 6ND)."""
         if self.impl.optimal is None:
-            raise ValueError(f"law {self.law} has no compute-optimal allocation")
+            raise RecipeError(f"law {self.law} has no compute-optimal allocation")
         return self.impl.optimal(self.params, C)
 
     def suggest(self, N, D) -> dict[str, np.ndarray]:
         """Learning rate and global batch (tokens) for N, D: only the lr-bs law."""
         if self.impl.suggest is None:
-            raise ValueError(f"law {self.law} does not model hyperparameters; fit law lr-bs")
+            raise RecipeError(f"law {self.law} does not model hyperparameters; fit law lr-bs")
         return self.impl.suggest(self.params, N, D)
 
     def interval(self, fn: Callable[[dict], object], level: float | None = None) -> tuple | None:
@@ -72,7 +73,7 @@ class FitResult:
         for sample in self.samples:
             try:
                 values.append(np.asarray(fn(sample), dtype=float))
-            except (ValueError, FloatingPointError, ZeroDivisionError):
+            except (DataError, FloatingPointError, ZeroDivisionError):  # e.g. a refit with alpha = 0
                 continue
         if len(values) < 2:
             return None
