@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from windtunnel.errors import RecipeError
 from windtunnel.scaling import fit_law
 from windtunnel.scaling.bootstrap import percentile_ci
 from windtunnel.scaling.laws import chinchilla_predict
@@ -103,11 +104,11 @@ def test_extrapolation_beyond_the_limit_is_warned(noisy_fit):
 
 
 def test_target_errors_are_one_line_values(noisy_fit):
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(RecipeError, match="not both"):
         predict_target(noisy_fit, params=1e9, tokens=1e10, flops=1e20)
-    with pytest.raises(ValueError, match="--target-flops: must be a positive number"):
+    with pytest.raises(RecipeError, match="--target-flops: must be a positive number"):
         predict_target(noisy_fit, flops=-1.0)
-    with pytest.raises(ValueError, match="give --target-flops"):
+    with pytest.raises(RecipeError, match="give --target-flops"):
         predict_target(noisy_fit, params=1e9)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
+from windtunnel.errors import DataError, RecipeError
 from windtunnel.recipe import Recipe
 from windtunnel.scaling import critical_batch, read_csv
 from windtunnel.scaling.filters import Condition
@@ -99,7 +100,7 @@ def test_batch_unit_and_smooth_loss_on_the_steplaw_grid(shared_data, tmp_path, c
     assert any("not the raw 'loss' column" in n for n in pts.notes)
     assert run_fit([str(path), "--law", "lr-bs", "--columns", "batch=bs", "--bootstrap", "0"]) == 0
     assert "read as tokens per step; if it counts sequences pass --batch-unit" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="needs --seq-len or a seq_len column"):
+    with pytest.raises(RecipeError, match="needs --seq-len or a seq_len column"):
         read_csv(path, {"batch": "bs"}, batch_unit="sequences")
     moe = read_csv(shared_data / "steplaw" / "moe_lr_bs_loss.csv", {"N": "Na", "batch": "bs"},
                    batch_unit="sequences", where=[Condition("topk", "=", "1")])
@@ -122,7 +123,7 @@ def test_critical_batch_law_on_zhang_et_al(shared_data, tmp_path, capsys):
     assert "law critical-batch" in capsys.readouterr().out
     N, batch, steps = critical_batch.load(path, {"N": "N_millions"}, [Condition("N_millions", "<", "200")], [])
     assert sorted(set(N)) == [85, 151]
-    with pytest.raises(ValueError, match="1 model size"):
+    with pytest.raises(DataError, match="1 model size"):
         critical_batch.fit_power(N[N < 100], batch[N < 100], steps[N < 100])
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from windtunnel.errors import DataError
 from windtunnel.scaling import fit_law
 from windtunnel.scaling.hparams import cell_optimum, cells
 from windtunnel.scaling.points import Points
@@ -76,5 +77,5 @@ def test_cell_optimum_falls_back_to_the_best_run_without_curvature():
 
 
 def test_no_learning_rates_is_an_error():
-    with pytest.raises(ValueError, match="no learning rates"):
+    with pytest.raises(DataError, match="no learning rates"):
         fit_law("lr-bs", N=[1e8, 2e8], D=[1e9, 1e9], loss=[3, 2.9])

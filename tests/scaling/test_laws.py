@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
+from windtunnel.errors import RecipeError
 from windtunnel.scaling import fit_law
 from windtunnel.scaling.laws import (chinchilla_optimal, chinchilla_predict, kaplan_optimal, kaplan_predict)
 
@@ -80,12 +81,12 @@ def test_envelope_recovers_the_allocation_exponents():
 def test_frontier_laws_do_not_pretend_to_predict_any_N_D():
     N, D, loss = isoflop_points()
     res = fit_law("isoflop", N=N, D=D, loss=loss, bootstrap=0, holdout=False)
-    with pytest.raises(ValueError, match="compute_optimal"):
+    with pytest.raises(RecipeError, match="compute_optimal"):
         res.predict(1e8, 1e9)
-    with pytest.raises(ValueError, match="lr-bs"):
+    with pytest.raises(RecipeError, match="lr-bs"):
         res.suggest(1e8, 1e9)
 
 
 def test_unknown_law_is_an_error():
-    with pytest.raises(ValueError, match="--law: 'hoffmann' is not one of"):
+    with pytest.raises(RecipeError, match="--law: 'hoffmann' is not one of"):
         fit_law("hoffmann", N=[1, 2], D=[1, 2], loss=[1, 1])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
+from windtunnel.errors import RecipeError
 from windtunnel.recipe import Recipe
 from windtunnel.scaling.mixture import MixturePoints, parse_objective, propose
 
@@ -52,7 +53,7 @@ def test_one_source_objective_moves_the_optimum_towards_that_source():
     code = propose(points, parse_objective("code", NAMES), bootstrap=0)
     assert code["chosen"]["code"] > mean["chosen"]["code"] + 0.01
     assert parse_objective("web=0.25,code=0.75", NAMES) == {"web": 0.25, "code": 0.75}
-    with pytest.raises(ValueError, match="--objective: unknown source 'books'"):
+    with pytest.raises(RecipeError, match="--objective: unknown source 'books'"):
         parse_objective("books", NAMES)
 
 

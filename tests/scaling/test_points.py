@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from windtunnel.errors import DataError, RecipeError
 from windtunnel.scaling import collect_sweep, load_points, read_csv
 from windtunnel.scaling.points import Points, parse_columns
 
@@ -26,13 +27,13 @@ def test_sweep_n_kind_picks_the_summary_key(sweep_dir):
     ne = collect_sweep(sweep_dir, "non_embedding")
     total = collect_sweep(sweep_dir, "total")
     assert np.allclose(total.N, 1.2 * ne.N)
-    with pytest.raises(ValueError, match="--n-kind"):
+    with pytest.raises(RecipeError, match="--n-kind"):
         collect_sweep(sweep_dir, "embedding")
 
 
 def test_sweep_without_completed_runs_is_an_error(tmp_path):
     write_run(tmp_path, "a", 1e6, 1e8, 3.0, status="failed")
-    with pytest.raises(ValueError, match="no completed run"):
+    with pytest.raises(DataError, match="no completed run"):
         collect_sweep(tmp_path)
 
 
@@ -61,21 +62,21 @@ def test_csv_default_column_names(tmp_path):
     assert np.isnan(pts.batch).all()
 
 
-@pytest.mark.parametrize("spec, content, message", [
-    ("N=size", "params,tokens,loss\n1,2,3\n", "no such column"),
-    ("X=params", "params,tokens,loss\n1,2,3\n", "bad item"),
-    ("", "params,loss\n1,3\n", "tokens \\(D\\) or FLOPs"),
-    ("", "params,tokens,loss\n1,2,abc\n", "line 2, column 'loss'"),
+@pytest.mark.parametrize("spec, content, error, message", [
+    ("N=size", "params,tokens,loss\n1,2,3\n", RecipeError, "no such column"),
+    ("X=params", "params,tokens,loss\n1,2,3\n", RecipeError, "bad item"),
+    ("", "params,loss\n1,3\n", DataError, "tokens \\(D\\) or FLOPs"),
+    ("", "params,tokens,loss\n1,2,abc\n", DataError, "line 2, column 'loss'"),
 ])
-def test_csv_errors_name_the_problem(tmp_path, spec, content, message):
+def test_csv_errors_name_the_problem(tmp_path, spec, content, error, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         read_csv(path, parse_columns(spec))
 
 
 def test_missing_source_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="no such sweep directory or CSV"):
+    with pytest.raises(DataError, match="no such sweep directory or CSV"):
         load_points(tmp_path / "nope")
 
 
@@ -88,9 +89,9 @@ def test_best_per_cell_keeps_the_lowest_loss():
 
 
 def test_from_arrays_rejects_bad_values():
-    with pytest.raises(ValueError, match="loss: all values must be finite and positive"):
+    with pytest.raises(DataError, match="loss: all values must be finite and positive"):
         Points.from_arrays(N=[1, 2], D=[1, 2], loss=[1, -1])
-    with pytest.raises(ValueError, match="D: has 1 values but N has 2"):
+    with pytest.raises(DataError, match="D: has 1 values but N has 2"):
         Points.from_arrays(N=[1, 2], D=[1], loss=[1, 1])
 
 
