@@ -1,11 +1,11 @@
 """`windtunnel fit`'s error boundary: bad input raises RecipeError (flags) or DataError (files, columns,
 too few points) and ends as one line with exit 2; a ValueError from a bug keeps its traceback."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import windtunnel
@@ -25,6 +25,7 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "one.csv").write_text("N,D,loss\n1e8,2e9,3.1\n")
     (tmp_path / "noloss.csv").write_text("N,D,quality\n1e8,2e9,3.1\n")
     (tmp_path / "text.csv").write_text("N,D,loss\n1e8,2e9,3.1\n2e8,4e9,abc\n")
+    (tmp_path / "zero_lr.csv").write_text("N,D,loss,lr\n1e8,2e9,3.1,1e-3\n1e8,2e9,3.0,0\n")
     (tmp_path / "mix" / "r1").mkdir(parents=True)
     (tmp_path / "mix" / "r1" / "summary.json").write_text('{"status": "completed",')
     return tmp_path
@@ -41,6 +42,7 @@ CASES = [
     (["{dir}/grid.csv", "--target-params", "1e9"], RecipeError, ["--target-params and --target-tokens"]),
     (["{dir}/grid.csv", "--target-flops", "lots"], RecipeError, ["--target-flops", "not a number: 'lots'"]),
     (["{dir}/grid.csv", "--columns", "N=size"], RecipeError, ["grid.csv", "--columns N='size'", "no such column"]),
+    (["{dir}/grid.csv", "--seed", "-1"], RecipeError, ["--seed", "must be >= 0", "-1"]),
     (["{dir}/grid.csv", "--law", "kaplan", "--tie-exponents"], RecipeError, ["--tie-exponents", "kaplan"]),
     (["{dir}/grid.csv", "--law", "envelope", "--target-params", "1e9", "--target-tokens", "2e10"], RecipeError,
      ["envelope", "--target-flops"]),
@@ -50,6 +52,7 @@ CASES = [
     (["{dir}/one.csv"], DataError, ["chinchilla", "1 distinct (N, D) point(s)"]),
     (["{dir}/noloss.csv"], DataError, ["noloss.csv", "no loss column", "--columns loss=NAME"]),
     (["{dir}/text.csv"], DataError, ["text.csv", "line 3", "'loss'", "'abc'"]),
+    (["{dir}/zero_lr.csv", "--law", "lr-bs"], DataError, ["lr: values must be positive", "got 0"]),
     (["{dir}/mix"], DataError, ["mix", "no completed run with summary.json found (1 skipped)"]),
     (["{dir}/mix", "--law", "mixture"], DataError, ["r1/summary.json", "not a JSON summary"]),
     (["{sweep}", "--law", "isoflop"], DataError, ["isoflop: 0 usable compute budgets"]),
@@ -99,6 +102,16 @@ def test_a_value_error_from_a_fitter_bug_is_not_swallowed(files, monkeypatch, ca
         run_fit([str(files / "grid.csv"), "--bootstrap", bootstrap])
     assert type(raised.value) is ValueError
     assert "error" not in capsys.readouterr().err  # nothing printed as if it were bad input
+
+
+def test_a_singular_fit_is_refused_as_data(files, monkeypatch, capsys):
+    """numpy's LinAlgError (a ValueError) from the fit itself: degenerate points, one line naming the law."""
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(laws, "huber_fit", singular)
+    assert run_fit([str(files / "grid.csv"), "--bootstrap", "0"]) == 2
+    assert "chinchilla: the fit is singular on these 30 points (Singular matrix)" in capsys.readouterr().err
 
 
 def test_exit_codes_through_a_real_process(files):

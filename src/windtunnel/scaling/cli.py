@@ -86,7 +86,7 @@ def build_parser() -> Parser:
                    help="unit of a CSV batch column (sequences: times --seq-len or a seq_len column)")
     p.add_argument("--seq-len", type=positive_float, help="sequence length for --batch-unit sequences")
     p.add_argument("--bootstrap", type=non_negative(int), default=200, help="bootstrap resamples (0 = none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative(int), default=0, help="bootstrap resampling seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     p.add_argument("--max-extrapolation", type=positive_float, default=MAX_EXTRAPOLATION,
                    help="warn when the target exceeds the largest fitted compute by more than this factor")

@@ -62,7 +62,10 @@ def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, hol
                          + (f" ({dup} exact duplicate rows collapsed)" if dup else ""))
         points = reduced
     too_few(impl, points, options)
-    estimate = impl.fit(points, **options)
+    try:
+        estimate = impl.fit(points, **options)
+    except np.linalg.LinAlgError as e:  # a singular design: degenerate points, not a fitter bug
+        raise DataError(f"{impl.name}: the fit is singular on these {len(points)} points ({e})") from None
     samples, failures = bootstrap_fits(impl, points, estimate, bootstrap, seed, options) if bootstrap else ([], 0)
     ci = percentile_ci(samples, level)
     warnings = list(points.warnings) + scale_warnings(points, impl.kind, impl.n_params) + estimate.warnings

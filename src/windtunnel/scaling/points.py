@@ -70,6 +70,10 @@ class Points:
         for name, col in {"N": N, "D": D, "C": C, "loss": cols["loss"]}.items():
             if not np.all(np.isfinite(col) & (col > 0)):
                 raise DataError(f"{name}: all values must be finite and positive")
+        for name in ("lr", "batch"):  # may be missing (NaN), but a value is a positive number
+            bad = cols[name][np.isfinite(cols[name]) & (cols[name] <= 0)]
+            if len(bad):
+                raise DataError(f"{name}: values must be positive (or missing), got {bad[0]:g}")
         return cls(N=N, D=D, C=C, loss=cols["loss"], lr=cols["lr"], batch=cols["batch"],
                    labels=list(labels) if labels else [f"#{i}" for i in range(n)], n_kind=n_kind)
 
