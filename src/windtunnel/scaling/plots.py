@@ -72,7 +72,9 @@ def plot_loss_vs_compute(result: FitResult, ax, target: dict | None) -> None:
     ax.axvline(c_max, color="gray", ls=":", label="largest fitted run")
     if target and target.get("loss") is not None:
         ci = target.get("loss_ci") or [target["loss"]] * 2
-        ax.errorbar([target["C"]], [target["loss"]], yerr=[[target["loss"] - ci[0]], [ci[1] - target["loss"]]],
+        # a percentile interval of few or biased refits need not contain the point estimate
+        below, above = max(target["loss"] - ci[0], 0.0), max(ci[1] - target["loss"], 0.0)
+        ax.errorbar([target["C"]], [target["loss"]], yerr=[[below], [above]],
                     fmt="*", ms=14, color="C1", capsize=4, label="target")
     _holdout_marks(ax, result, x="C")
     ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="loss",
