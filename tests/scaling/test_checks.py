@@ -1,8 +1,10 @@
 """Uncertainty and honesty: bootstrap CIs, leave-largest-out, warnings on ill-posed fits."""
+import dataclasses
+
 import numpy as np
 import pytest
 
-from windtunnel.errors import RecipeError
+from windtunnel.errors import DataError, RecipeError
 from windtunnel.scaling import fit_law
 from windtunnel.scaling.bootstrap import percentile_ci
 from windtunnel.scaling.laws import chinchilla_predict
@@ -110,6 +112,10 @@ def test_target_errors_are_one_line_values(noisy_fit):
         predict_target(noisy_fit, flops=-1.0)
     with pytest.raises(RecipeError, match="give --target-flops"):
         predict_target(noisy_fit, params=1e9)
+    # exponents at their bound 0 (an lr grid at one (N, D) per LR fitted as chinchilla gave 2e-19): N* = 0
+    flat = dataclasses.replace(noisy_fit, params={**noisy_fit.params, "alpha": 2e-19, "beta": 2.5e-19}, samples=[])
+    with pytest.raises(DataError, match="--target-flops 1e\\+21: law chinchilla gives no compute-optimal split"):
+        predict_target(flat, flops=1e21)
 
 
 def test_to_dict_is_json_ready(noisy_fit):

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..recipe import Recipe, deep_merge, load_yaml_tree
 from .checks import extrapolation_warning
 from .result import FitResult
@@ -25,7 +25,11 @@ def predict_target(result: FitResult, *, params: float | None = None, tokens: fl
     out: dict = {"warnings": []}
     if flops is not None:
         _positive("--target-flops", flops)
-        N, D, loss = (float(v) for v in result.compute_optimal(flops))
+        with np.errstate(divide="ignore", over="ignore"):  # a degenerate split is refused just below
+            N, D, loss = (float(v) for v in result.compute_optimal(flops))
+        if not (np.isfinite(N) and np.isfinite(D) and N > 0 and D > 0):  # exponents fitted at their bound 0
+            raise DataError(f"--target-flops {flops:g}: law {result.law} gives no compute-optimal split "
+                            f"(N* = {N:.3g}, D* = {D:.3g}): the data do not constrain its exponents")
         band = result.compute_optimal_interval(flops)
         out.update(mode="compute_optimal", C=float(flops), N=N, D=D)
         if band:
