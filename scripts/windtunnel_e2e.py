@@ -191,6 +191,22 @@ def stage_train_targets(cfg: dict, reports: dict[str, dict], progress: Progress)
     return train_all(jobs, cfg, progress)
 
 
+def seed_repeats(cfg: dict, reports: dict[str, dict]) -> dict[str, dict]:
+    """`target.seeds`: the optimal target's recipe again with other train.seed values (the seed noise of
+    the actual loss); each repeat has its own dir and recipe and is compared with the same prediction."""
+    from windtunnel.recipe import Recipe
+
+    repeats = {}
+    for seed in cfg["target"].get("seeds") or []:
+        out = cfg["out_dir"] / "targets" / f"optimal_seed{int(seed)}"
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "recipe.yaml").exists():
+            emitted = Recipe.load(cfg["out_dir"] / "targets" / "optimal" / "recipe.yaml")
+            emitted.with_overrides([f"train.seed={int(seed)}"]).dump(out / "recipe.yaml")
+        repeats[f"optimal_seed{int(seed)}"] = reports["optimal"]
+    return repeats
+
+
 def record_times(out_dir: Path, stage: str, seconds: float, runs: dict[str, float]) -> dict:
     path = out_dir / "timings.json"
     times = json.loads(path.read_text()) if path.exists() else {"stages": {}, "runs": {}}
@@ -232,6 +248,7 @@ def run_stages(args) -> int:
     if args.stop_after == "fit":
         return 0
     t0 = time.time()
+    reports.update(seed_repeats(cfg, reports))
     walls = stage_train_targets(cfg, reports, progress)
     times = record_times(cfg["out_dir"], "targets", time.time() - t0, walls)
     result = e2e_report.build(cfg, sweep_dir, reports, times)

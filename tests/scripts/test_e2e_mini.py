@@ -31,7 +31,7 @@ def miniature(tmp_path: Path) -> Path:
     config = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu.yaml").read_text())
     config.update(proxies="mini_proxies.yaml", out_dir=str(tmp_path / "out"), workers=2)
     config["fit"].update(bootstrap=4, extra=[])  # the real filter (D >= 4e5) would leave no mini point
-    config["target"] = {"flops": 6.0e9, "off_optimal": {"overtrained_4x": 4}}
+    config["target"] = {"flops": 6.0e9, "off_optimal": {"overtrained_4x": 4}, "seeds": [1]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -59,9 +59,17 @@ def test_sweep_fit_emit_train_report(tmp_path, monkeypatch):
     assert summary["non_embedding_params"] == fit["target"]["emitted"]["N"]
     # 4. the report compares the prediction for that run with its actual loss, for both targets
     report = json.loads((out / "report.json").read_text())
-    assert [t["target"] for t in report["targets"]] == ["optimal", "overtrained_4x"]
+    assert [t["target"] for t in report["targets"]] == ["optimal", "overtrained_4x", "optimal_seed1"]
     best = report["targets"][0]
     assert best["actual"] == summary["final_val_loss"] and best["predicted"] == fit["target"]["emitted"]["loss"]
+    # the seed repeat: the emitted recipe with train.seed=1 only, compared with the same prediction
+    repeat = Recipe.load(out / "targets" / "optimal_seed1" / "run" / "recipe.yaml").to_dict()
+    assert repeat["train"].pop("seed") == 1 and emitted.to_dict()["train"].pop("seed") == 0
+    assert {k: v for k, v in repeat.items() if k != "train"} == {k: v for k, v in emitted.to_dict().items()
+                                                                 if k != "train"}
+    seeds = report["optimal_seeds"]
+    assert seeds["runs"] == ["optimal", "optimal_seed1"] and report["targets"][2]["predicted"] == best["predicted"]
+    assert seeds["mean"] == (best["actual"] + report["targets"][2]["actual"]) / 2
     over = report["targets"][1]
     assert over["D"] / over["N"] > 2 * best["D"] / best["N"]  # 4x the tokens per parameter (shapes round)
     assert (tmp_path / "docs" / "mini.png").read_bytes()[:4] == b"\x89PNG"

@@ -59,7 +59,19 @@ def build(cfg: dict, sweep_dir: Path, reports: dict[str, dict], times: dict) -> 
             "warnings": fit.get("warnings"), "proxies": runs, "points": points, "targets": targets,
             "largest_proxy_flops": largest, "sweep_flops": sweep_flops,
             "target_vs_largest_proxy": targets[0]["flops"] / largest,
-            "sweep_vs_target": sweep_flops / targets[0]["flops"], "times": times}
+            "sweep_vs_target": sweep_flops / targets[0]["flops"], "optimal_seeds": seed_summary(targets),
+            "times": times}
+
+
+def seed_summary(targets: list[dict]) -> dict | None:
+    """The optimal target and its seed repeats (`target.seeds`): mean actual loss, spread, error of the mean."""
+    runs = [t for t in targets if t["target"] == "optimal" or t["target"].startswith("optimal_seed")]
+    if len(runs) < 2:
+        return None
+    actual = [t["actual"] for t in runs]
+    mean, pred = float(np.mean(actual)), runs[0]["predicted"]
+    return {"runs": [t["target"] for t in runs], "actual": actual, "mean": mean, "spread": max(actual) - min(actual),
+            "error": mean / pred - 1.0 if pred else None}
 
 
 def markdown(r: dict) -> str:
@@ -76,6 +88,11 @@ def markdown(r: dict) -> str:
                      f"{t['C_6ND']:.3g} | {t['flops']:.3g} | {t['flops'] / r['largest_proxy_flops']:.1f} | "
                      f"{t['predicted']:.4f} | {ci} | {t['actual']:.4f} | {100 * t['error']:+.2f} % | "
                      f"{'yes' if t['inside'] else 'no'} | {t['wall_s'] or 0:.0f} |")
+    seeds = r.get("optimal_seeds")
+    if seeds:
+        err = f"{100 * seeds['error']:+.2f} %" if seeds["error"] is not None else "n/a"
+        lines += ["", f"Optimal target over {len(seeds['runs'])} seeds ({', '.join(seeds['runs'])}): mean actual "
+                  f"{seeds['mean']:.4f}, spread {seeds['spread']:.4f}; error of the mean {err}."]
     st = r["times"]["stages"]
     lines += ["", f"Sweep {r['sweep_flops']:.3g} FLOPs = {r['sweep_vs_target']:.2f} × the target's; "
               f"target = {r['target_vs_largest_proxy']:.1f} × the largest proxy. Wall time: "
