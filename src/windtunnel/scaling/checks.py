@@ -116,14 +116,13 @@ MIN_STEPS = 400  # the CPU end-to-end run: points below ~400 steps (20x warmup) 
 
 def short_run_warning(points: Points, min_steps: int = MIN_STEPS) -> list[str]:
     """Points trained for few optimizer steps (D / batch) are still in the early-training transient."""
-    steps = points.D / points.batch
+    steps = points.steps
     short = np.isfinite(steps) & (steps < min_steps)
     if not short.any():
         return []
-    batch = float(np.nanmax(points.batch[short]))
     return [f"{int(short.sum())} of {len(points)} points trained for fewer than {min_steps} optimizer steps "
             f"(as few as {int(np.nanmin(steps[short]))}): early-training losses bend L(N, D); "
-            f"consider --where 'D>={min_steps * batch:.3g}'"]
+            f"consider --min-steps {min_steps}"]
 
 
 def ci_warnings(params: dict, ci: dict, names: list[str]) -> list[str]:

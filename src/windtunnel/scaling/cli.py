@@ -82,6 +82,8 @@ def build_parser() -> Parser:
                         "COL=b keeps either, all other conditions must hold; sweeps: N, D, C, loss, lr, batch, run)")
     p.add_argument("--exclude", action="append", default=[], metavar="COL=VALUE",
                    help="drop rows matching (same forms as --where; repeatable), e.g. run=lr0.1_w256")
+    p.add_argument("--min-steps", type=non_negative(float), metavar="K",
+                   help="drop points trained for fewer than K optimizer steps (D / batch; needs the batch)")
     p.add_argument("--batch-unit", choices=["tokens", "sequences"],
                    help="unit of a CSV batch column (sequences: times --seq-len or a seq_len column)")
     p.add_argument("--seq-len", type=positive_float, help="sequence length for --batch-unit sequences")
@@ -142,7 +144,7 @@ def run(args) -> dict:
         return run_critical_batch(args)
     where, exclude = filters.parse(args.where, "--where"), filters.parse(args.exclude, "--exclude")
     points = load_points(args.source, args.n_kind, parse_columns(args.columns), where, exclude,
-                         args.batch_unit, args.seq_len)
+                         args.batch_unit, args.seq_len, args.min_steps)
     base = usable_base(args.base or base_recipe(points)) if args.emit else None
     result = fit_law(args.law, points, bootstrap=args.bootstrap, seed=args.seed, level=args.level,
                      **law_options(args))

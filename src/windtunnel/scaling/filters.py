@@ -1,15 +1,18 @@
 """Row filters for `windtunnel fit --where/--exclude`: `COL=VALUE`, `COL!=VALUE`, `COL>X`, `COL>=X`,
 `COL<X`, `COL<=X` (numbers accept K/M/B/T). Several `COL=VALUE` on one column are alternatives (OR:
 `--where config=a --where config=b`); every other condition must also hold (AND: `--where 'N>1e8'
---where 'N<5e9'` is a range). A row matching any --exclude is dropped."""
+--where 'N<5e9'` is a range). A row matching any --exclude is dropped. `--min-steps K` drops points
+trained for fewer than K optimizer steps."""
 from __future__ import annotations
 
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from ..errors import RecipeError
+import numpy as np
+
+from ..errors import DataError, RecipeError
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 OPS: dict[str, Callable] = {">=": operator.ge, "<=": operator.le, "!=": operator.ne, ">": operator.gt,
@@ -71,3 +74,25 @@ def keep_row(get: Callable[[str], object], where: list[Condition], exclude: list
 def describe(where: list[Condition], exclude: list[Condition]) -> str:
     parts = [f"{c.column}{c.op}{c.value}" for c in where] + [f"not {c.column}{c.op}{c.value}" for c in exclude]
     return ", ".join(parts)
+
+
+def drop_short_runs(points, min_steps: float):
+    """`--min-steps K`: keep the points trained for at least K optimizer steps (D / batch, batch in
+    tokens per step). Short runs sit above the law long runs follow (docs/scaling.md, the CPU
+    end-to-end run); a point without a batch cannot be judged, so it is refused rather than kept."""
+    steps = points.steps
+    unknown = ~np.isfinite(steps)
+    if unknown.all():
+        raise RecipeError(f"--min-steps {min_steps:g}: no point has a batch size (tokens per step), so steps "
+                          "= D / batch are unknown; map a batch column with --columns batch=NAME")
+    if unknown.any():
+        raise RecipeError(f"--min-steps {min_steps:g}: {int(unknown.sum())} of {len(points)} points have no batch "
+                          f"size (e.g. {points.labels[int(np.flatnonzero(unknown)[0])]}), so their steps are "
+                          "unknown; drop them with --where 'batch>0' or fill in their batch")
+    keep = steps >= min_steps
+    if not keep.any():
+        raise DataError(f"--min-steps {min_steps:g}: no points left (the longest trained "
+                        f"{int(steps.max())} steps)")
+    kept = points.subset(keep)
+    return replace(kept, notes=list(points.notes) + [f"kept {int(keep.sum())} of {len(points)} points "
+                                                     f"(steps >= {min_steps:g})"])

@@ -84,7 +84,7 @@ def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, hol
         details["leave_top_compute_out"] = leave_top_compute_out(impl, points, options)
         warnings += top_compute_warning(details["leave_top_compute_out"])
     return FitResult(impl.name, estimate.params, ci, warnings, points, impl, estimate.derived, details, samples,
-                     report, level, failures)
+                     report, level, failures, dict(options))
 
 
 def too_few(impl: Law, points: Points, options: dict) -> None:

@@ -80,6 +80,11 @@ class Points:
     def __len__(self) -> int:
         return len(self.N)
 
+    @property
+    def steps(self) -> np.ndarray:
+        """Optimizer steps D / batch (NaN where the batch is unknown)."""
+        return self.D / self.batch
+
     def subset(self, index) -> "Points":
         """Rows selected by a boolean mask or an index array (repeats allowed: bootstrap)."""
         idx = np.arange(len(self))[index]
@@ -366,11 +371,15 @@ def _cell(path: Path, i: int, text: str, column: str) -> float:
 
 def load_points(source: str | Path, n_kind: str = "non_embedding", columns: dict[str, str] | None = None,
                 where: dict[str, str] | list | None = None, exclude: list | None = None,
-                batch_unit: str | None = None, seq_len: float | None = None) -> Points:
-    """A sweep directory or a CSV file."""
+                batch_unit: str | None = None, seq_len: float | None = None,
+                min_steps: float | None = None) -> Points:
+    """A sweep directory or a CSV file; `min_steps` drops points trained for fewer optimizer steps
+    (D / batch, after the batch is in tokens)."""
     source = Path(source)
     if source.is_dir():
-        return collect_sweep(source, n_kind, where, exclude)
-    if source.is_file():
-        return read_csv(source, columns, n_kind, where, exclude, batch_unit, seq_len)
-    raise DataError(f"{source}: no such sweep directory or CSV file")
+        pts = collect_sweep(source, n_kind, where, exclude)
+    elif source.is_file():
+        pts = read_csv(source, columns, n_kind, where, exclude, batch_unit, seq_len)
+    else:
+        raise DataError(f"{source}: no such sweep directory or CSV file")
+    return filters.drop_short_runs(pts, min_steps) if min_steps else pts

@@ -46,6 +46,7 @@ class FitResult:
     holdout: dict | None = None
     level: float = 0.95
     bootstrap_failures: int = 0
+    options: dict = field(default_factory=dict)  # the fitter's options (delta, tie, ...): checks refit with them
 
     # ------------------------------------------------------------------ predictions
     def predict(self, N, D) -> np.ndarray:
