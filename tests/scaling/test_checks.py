@@ -154,3 +154,43 @@ def test_leave_top_compute_out_extrapolates_in_compute():
     bent = np.where(6 * N * D >= (6 * N * D).max() / 1.5, loss * 0.95, loss)
     res = fit_law("chinchilla", N=N, D=D, loss=bent, bootstrap=0)
     assert any(w.startswith("leave-top-compute-out") for w in res.warnings)
+
+
+def stepped_points(inflate_below: float = 0.0) -> dict:
+    """5 sizes x runs of 250 to 8,000 steps on the Chinchilla surface; each size its own batch (so that the
+    token counts differ across sizes); losses of runs shorter than 1,000 steps raised by `inflate_below`."""
+    N = np.repeat(np.geomspace(1e6, 1e8, 5), 6)
+    steps = np.tile([250.0, 500, 1000, 2000, 4000, 8000], 5)
+    batch = 1e5 * (N / 1e6) ** 0.3
+    loss = chinchilla_predict(CHINCHILLA_TRUE, N, steps * batch) * np.where(steps < 1000, 1 + inflate_below, 1.0)
+    return {"N": N, "D": steps * batch, "loss": loss, "batch": batch}
+
+
+def test_min_steps_drift_flags_inflated_short_runs():
+    """Short runs 5 % above the law (as in the CPU end-to-end run): the target's prediction moves as they are
+    dropped, and settles once they are gone."""
+    res = fit_law("chinchilla", **stepped_points(0.05), bootstrap=0, holdout=False)
+    target = predict_target(res, flops=10 * res.max_fitted_compute)
+    drift = target["min_steps_drift"]
+    assert [r["min_steps"] for r in drift["thresholds"]] == [250, 500, 1000, 2000, 4000]
+    assert [r["points"] for r in drift["thresholds"]] == [30, 25, 20, 15, 10]
+    assert drift["thresholds"][0]["loss"] == pytest.approx(target["loss"])
+    truth = chinchilla_predict(CHINCHILLA_TRUE, target["N"], target["D"])
+    assert drift["thresholds"][-1]["loss"] == pytest.approx(truth, rel=2e-3)  # the clean runs recover the law
+    assert drift["spread"] > 0.02 and drift["settled_from"] == 1000
+    assert drift["stopped"] == ">= 8000 steps leaves 5 points of 5 sizes"  # 5 parameters need 6
+    (w,) = [w for w in target["warnings"] if w.startswith("min-steps drift")]
+    assert f"spreads {100 * drift['spread']:.1f}%" in w and w.endswith("settles (within 1%) from --min-steps 1000")
+
+
+def test_min_steps_drift_is_quiet_on_clean_points_and_skipped_without_batch():
+    res = fit_law("chinchilla", **stepped_points(), bootstrap=0, holdout=False)
+    target = predict_target(res, flops=10 * res.max_fitted_compute)
+    assert target["min_steps_drift"]["spread"] < 2e-3
+    assert not any("min-steps drift" in w for w in target["warnings"])
+    no_batch = {k: v for k, v in stepped_points().items() if k != "batch"}
+    res = fit_law("chinchilla", **no_batch, bootstrap=0, holdout=False)
+    assert "skipped" in predict_target(res, flops=1e18)["min_steps_drift"]
+    N, D, loss = isoflop_points()
+    iso = fit_law("isoflop", N=N, D=D, loss=loss, batch=np.full(len(N), 1e5), bootstrap=0, holdout=False)
+    assert "min_steps_drift" not in predict_target(iso, flops=1e21)  # frontier laws: no L(N, D) to refit

@@ -9,7 +9,7 @@ from windtunnel.accounting import count_params
 from windtunnel.recipe import Recipe
 from windtunnel.scaling.laws import chinchilla_optimal
 
-from .conftest import CHINCHILLA_TRUE, base_recipe_dict, run_fit
+from .conftest import CHINCHILLA_TRUE, base_recipe_dict, run_fit, write_run
 from .test_hparams import lr_grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -105,3 +105,22 @@ def test_isoflop_plots_show_groups(tmp_path):
     assert len(report["details"]["groups"]) == 4 and report["target"]["N_ci"][0] < report["target"]["N"]
     assert (tmp_path / "p" / "isoflop.png").stat().st_size > 10_000
     assert np.isfinite(report["target"]["loss"])
+
+
+def test_min_steps_drift_is_printed_and_min_steps_quiets_it(tmp_path, capsys):
+    from .test_checks import stepped_points
+
+    p = stepped_points(0.05)  # runs shorter than 1,000 steps 5 % above the law
+    for i, (n, d, loss, batch) in enumerate(zip(p["N"], p["D"], p["loss"], p["batch"])):
+        write_run(tmp_path / "sweep", f"r{i:02d}", n, d, float(loss), batch=float(batch))
+    args = [str(tmp_path / "sweep"), "--target-flops", "2e19", "--bootstrap", "0", "--json", str(tmp_path / "r.json")]
+    assert run_fit(args) == 0
+    out = capsys.readouterr().out
+    assert "min-steps drift (target loss fitted on runs of >= K steps): " in out
+    assert "at K = 250 (30 points, 5 sizes), " in out and "warning: min-steps drift: " in out
+    drift = json.loads((tmp_path / "r.json").read_text())["target"]["min_steps_drift"]
+    assert drift["settled_from"] == 1000
+    assert run_fit(args + ["--min-steps", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 20 of 30 points (steps >= 1000)" in out and "at K = 1000 (20 points" in out
+    assert "warning: min-steps drift" not in out

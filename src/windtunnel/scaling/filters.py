@@ -89,7 +89,7 @@ def drop_short_runs(points, min_steps: float):
         raise RecipeError(f"--min-steps {min_steps:g}: {int(unknown.sum())} of {len(points)} points have no batch "
                           f"size (e.g. {points.labels[int(np.flatnonzero(unknown)[0])]}), so their steps are "
                           "unknown; drop them with --where 'batch>0' or fill in their batch")
-    keep = steps >= min_steps
+    keep = points.trained_for(min_steps)
     if not keep.any():
         raise DataError(f"--min-steps {min_steps:g}: no points left (the longest trained "
                         f"{int(steps.max())} steps)")

@@ -85,6 +85,10 @@ class Points:
         """Optimizer steps D / batch (NaN where the batch is unknown)."""
         return self.D / self.batch
 
+    def trained_for(self, min_steps: float) -> np.ndarray:
+        """Mask of the points with >= min_steps steps (D / batch may miss a whole count by a rounding error)."""
+        return self.steps >= min_steps * (1 - 1e-9)
+
     def subset(self, index) -> "Points":
         """Rows selected by a boolean mask or an index array (repeats allowed: bootstrap)."""
         idx = np.arange(len(self))[index]

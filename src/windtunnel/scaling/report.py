@@ -63,5 +63,20 @@ def format_summary(report: dict) -> str:
         hp = t.get("hparams") or {}
         if hp:
             lines.append("  suggested " + ", ".join(f"{k} = {hp[k]:.4g}" for k in ("lr", "batch") if k in hp))
+        lines += drift_lines(t.get("min_steps_drift"))
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)
+
+
+def drift_lines(drift: dict | None) -> list[str]:
+    """The target's loss refitted on runs of >= K steps, K doubling (checks.min_steps_drift)."""
+    if not drift:
+        return []
+    if "skipped" in drift:
+        return [f"min-steps drift: skipped ({drift['skipped']})"]
+    rows = drift["thresholds"]
+    first, rest = rows[0], rows[1:]
+    cells = [f"{first['loss']:.4f} at K = {first['min_steps']} ({first['points']} points, {first['sizes']} sizes)"]
+    cells += [f"{r['loss']:.4f} at {r['min_steps']} ({r['points']}, {r['sizes']})" for r in rest]
+    return [f"min-steps drift (target loss fitted on runs of >= K steps): {', '.join(cells)}; "
+            f"spread {100 * drift['spread']:.1f}%"]
