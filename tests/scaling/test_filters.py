@@ -54,3 +54,11 @@ def test_load_points_min_steps_and_the_cli_note(tmp_path, capsys):
     csv.write_text("N,D,loss\n1e5,1e6,3.0\n2e5,2e6,2.5\n")
     assert run_fit([str(csv), "--min-steps", "10"]) == 2
     assert "--min-steps 10: no point has a batch size" in capsys.readouterr().err
+
+
+def test_min_steps_is_refused_where_it_would_be_ignored(tmp_path, capsys):
+    csv = tmp_path / "cb.csv"
+    csv.write_text("N,batch,steps\n1e8,1e5,1000\n")
+    for law in ("critical-batch", "mixture"):
+        assert run_fit([str(csv), "--law", law, "--min-steps", "400"]) == 2
+        assert f"--min-steps: not for --law {law}" in capsys.readouterr().err

@@ -131,6 +131,8 @@ def check_outputs(args) -> None:
     """The checks every law shares (mixture too): the interval level and the output paths."""
     if not 0 < args.level < 1:
         raise RecipeError(f"--level: must be between 0 and 1, got {args.level}")
+    if args.min_steps and args.law in ("critical-batch", "mixture"):  # not read there: refuse, not ignore
+        raise RecipeError(f"--min-steps: not for --law {args.law} (only for laws fitted to sweep points)")
     for flag, path in (("--json", args.json), ("--emit", args.emit)):
         if path and Path(path).is_dir():
             raise RecipeError(f"{flag} {path}: is a directory (give a file name)")
