@@ -210,3 +210,15 @@ def test_interrupting_the_sweep_stops_its_trainers(tmp_path):
         for pid in map(int, pid_file.read_text().split() if pid_file.exists() else []):
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_trainer_registered_after_the_stop_is_terminated():
+    """The race behind a hung sweep: SIGINT lands between a trainer's Popen and its registration."""
+    trainers = executors.Trainers()
+    trainers.stop()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        trainers.started(proc)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()

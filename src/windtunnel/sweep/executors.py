@@ -15,6 +15,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,6 +101,29 @@ def visible_gpus(requested: int | None) -> list[str]:
     return ids if requested is None else ids[:requested]
 
 
+class Trainers:
+    """The trainer processes a local sweep started. `stop()` terminates them, and any that registers
+    afterwards: a SIGINT can land between a trainer's Popen and its registration, and the sweep would
+    then wait for a trainer it never stopped."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def started(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.append(proc)
+            if self.stopped:
+                proc.terminate()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            for proc in self.procs:
+                proc.terminate()
+
+
 def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=print) -> dict[str, int]:
     """Train the runs as subprocesses; returns {run name: exit code}."""
     gpus = visible_gpus(cfg.gpus)
@@ -119,7 +143,7 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
         start = time.time()
         try:
             rc = execute(local_command(run_dir, resume), str(run_dir / "train.log"), {"CUDA_VISIBLE_DEVICES": slot},
-                         started=running.append)
+                         started=trainers.started)
         finally:
             slots.put(slot)
         state = run_state(run_dir)
@@ -127,7 +151,7 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
              + ("" if state == COMPLETED else f"; log: {run_dir / 'train.log'}"))
         return rc
 
-    running: list[subprocess.Popen] = []
+    trainers = Trainers()
     with ThreadPoolExecutor(max_workers=max(1, len(gpus))) as pool:
         futures = {run.name: pool.submit(one, i + 1, run, d) for i, (run, d) in enumerate(todo)}
         try:
@@ -135,8 +159,7 @@ def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=pri
         except BaseException:  # e.g. SIGINT to the sweep alone: stop its trainers, start no more
             for f in futures.values():
                 f.cancel()
-            for proc in running:
-                proc.terminate()
+            trainers.stop()
             raise
 
 
