@@ -178,8 +178,11 @@ def test_interrupting_the_sweep_stops_its_trainers(tmp_path):
     """SIGINT to the sweep process alone (not its group): run_local stops the running trainer and
     starts no other, instead of waiting for it."""
     pid_file = tmp_path / "child.pid"
+    # the handler is set explicitly: a runner started in the background without job control (nohup cmd &)
+    # passes SIGINT down as ignored, and a process that starts with SIGINT ignored never sees Ctrl-C
     sweep = textwrap.dedent(f"""
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from pathlib import Path
         from types import SimpleNamespace
         from windtunnel.sweep import executors
