@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -87,18 +86,15 @@ def last_step(metrics: Path) -> int:
 
 def train_all(jobs: list[tuple[str, Path, int, callable]], cfg: dict, progress: Progress) -> dict[str, float]:
     """Train (name, run_dir, steps, prepare) jobs, `workers` at a time (CPU: one thread each, GPUs
-    hidden) or one per GPU of `gpus`; returns wall seconds per run."""
-    slots: queue.Queue = queue.Queue()
-    for slot in cfg.get("gpus") or [""] * cfg["workers"]:
-        slots.put(str(slot))
+    hidden) or one per GPU of `gpus`; returns wall seconds per run. Every job runs; then the first
+    that did not complete raises RunFailed."""
     walls: dict[str, float] = {}
 
-    def one(job) -> None:
+    def one(job, slot: str, trainers: executors.Trainers) -> str | None:
         name, run_dir, steps, prepare = job
         if executors.run_state(run_dir) == executors.COMPLETED:
-            return
+            return None
         resume = prepare()
-        slot = slots.get()
         env = {"CUDA_VISIBLE_DEVICES": slot} if slot else \
             {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         print(f"[train] {name}: {'resuming' if resume else 'starting'} ({steps} steps"
@@ -106,19 +102,19 @@ def train_all(jobs: list[tuple[str, Path, int, callable]], cfg: dict, progress: 
         progress.start(name, run_dir, steps)
         t0 = time.time()
         try:
-            rc = executors.execute(executors.local_command(run_dir, resume), str(run_dir / "train.log"), env)
+            rc = executors.execute(executors.local_command(run_dir, resume), str(run_dir / "train.log"), env,
+                                   started=trainers.started)
         finally:
-            slots.put(slot)
             progress.end(name)
         walls[name] = time.time() - t0
         state = executors.run_state(run_dir)
         print(f"[train] {name}: {state} (exit {rc}) in {walls[name]:.0f} s", flush=True)
-        if state != executors.COMPLETED:
-            raise RunFailed(f"{name} did not complete; see {run_dir / 'train.log'}")
+        return None if state == executors.COMPLETED else f"{name} did not complete; see {run_dir / 'train.log'}"
 
-    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
-        for f in [pool.submit(one, j) for j in jobs]:
-            f.result()
+    slots = [str(slot) for slot in cfg.get("gpus") or [""] * cfg["workers"]]
+    failures = [f for f in executors.run_on_slots([partial(one, job) for job in jobs], slots) if f]
+    if failures:
+        raise RunFailed(failures[0])
     return walls
 
 

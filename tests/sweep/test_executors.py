@@ -6,6 +6,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 
 import psutil
 import pytest
@@ -225,3 +226,20 @@ def test_a_trainer_registered_after_the_stop_is_terminated():
         assert proc.wait(timeout=30) == -signal.SIGTERM
     finally:
         proc.kill()
+
+
+def test_run_on_slots_runs_one_task_per_slot_and_keeps_the_order():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def task(i, slot, trainers):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return (i, slot)
+
+    results = executors.run_on_slots([partial(task, i) for i in range(6)], ["0", "1"])
+    assert [i for i, _ in results] == list(range(6)) and {s for _, s in results} == {"0", "1"}
+    assert peak[0] == 2

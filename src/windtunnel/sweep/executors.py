@@ -18,12 +18,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .. import checkpoint
 from ..rundir import is_locked
 from .plan import ExecutorConfig, PlannedRun
+
+T = TypeVar("T")
 
 COMPLETED, RESUMABLE, FAILED, MISSING = "completed", "resumable", "failed", "missing"
 BUSY_EXIT = 2  # what a second trainer on a locked run would exit with
@@ -124,43 +127,55 @@ class Trainers:
                 proc.terminate()
 
 
+def run_on_slots(tasks: list[Callable[[str, Trainers], T]], slots: list[str]) -> list[T]:
+    """Run the tasks, one per slot at a time (a slot is a GPU id, or "" for a CPU run); each is called
+    with its slot and the Trainers to register its processes with. On an exception in this thread
+    (e.g. SIGINT to the sweep alone) the tasks not started are cancelled and the running trainers stopped."""
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    trainers = Trainers()
+
+    def take_slot(task: Callable[[str, Trainers], T]) -> T:
+        slot = free.get()
+        try:
+            return task(slot, trainers)
+        finally:
+            free.put(slot)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(take_slot, task) for task in tasks]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            trainers.stop()
+            raise
+
+
 def run_local(todo: list[tuple[PlannedRun, Path]], cfg: ExecutorConfig, echo=print) -> dict[str, int]:
     """Train the runs as subprocesses; returns {run name: exit code}."""
-    gpus = visible_gpus(cfg.gpus)
-    slots: queue.Queue = queue.Queue()
-    for slot in gpus or [""]:  # "" hides every GPU: CPU runs
-        slots.put(slot)
     total = len(todo)
 
-    def one(index: int, run: PlannedRun, run_dir: Path) -> int:
+    def one(index: int, run: PlannedRun, run_dir: Path, slot: str, trainers: Trainers) -> int:
         if is_locked(run_dir):
             echo(f"[{index}/{total}] {run.name}: skipped, a trainer is still running in {run_dir}")
             return BUSY_EXIT
         resume = prepare_run(run, run_dir)
-        slot = slots.get()
         where = f"GPU {slot}" if slot else "CPU"
         echo(f"[{index}/{total}] {run.name}: {'resuming' if resume else 'starting'} on {where}")
         start = time.time()
-        try:
-            rc = execute(local_command(run_dir, resume), str(run_dir / "train.log"), {"CUDA_VISIBLE_DEVICES": slot},
-                         started=trainers.started)
-        finally:
-            slots.put(slot)
+        rc = execute(local_command(run_dir, resume), str(run_dir / "train.log"), {"CUDA_VISIBLE_DEVICES": slot},
+                     started=trainers.started)
         state = run_state(run_dir)
         echo(f"[{index}/{total}] {run.name}: {state} (exit {rc}) in {time.time() - start:.0f} s"
              + ("" if state == COMPLETED else f"; log: {run_dir / 'train.log'}"))
         return rc
 
-    trainers = Trainers()
-    with ThreadPoolExecutor(max_workers=max(1, len(gpus))) as pool:
-        futures = {run.name: pool.submit(one, i + 1, run, d) for i, (run, d) in enumerate(todo)}
-        try:
-            return {name: f.result() for name, f in futures.items()}
-        except BaseException:  # e.g. SIGINT to the sweep alone: stop its trainers, start no more
-            for f in futures.values():
-                f.cancel()
-            trainers.stop()
-            raise
+    tasks = [partial(one, i + 1, run, d) for i, (run, d) in enumerate(todo)]
+    codes = run_on_slots(tasks, visible_gpus(cfg.gpus) or [""])  # "" hides every GPU: CPU runs
+    return {run.name: rc for (run, _), rc in zip(todo, codes)}
 
 
 def slurm_executor(sweep_dir: Path, name: str, cfg: ExecutorConfig):
