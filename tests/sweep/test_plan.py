@@ -5,7 +5,7 @@ import yaml
 
 from windtunnel.accounting import count_params, flops_per_token
 from windtunnel.recipe import RecipeError
-from windtunnel.sweep.plan import expand, load_sweep
+from windtunnel.sweep.plan import expand, human, load_sweep
 from windtunnel.sweep.report import gpu_hours, manifest, plan_table
 
 BASE = {
@@ -66,6 +66,27 @@ def test_scale_family_tokens_per_param_and_branches(tmp_path):
             type(r.recipe.model)(**{**vars(r.recipe.model), "vocab_size": 258}), 32) * (r.tokens + branch_tokens))
 
 
+def test_max_flops_caps_the_widest_runs_of_a_token_grid(tmp_path):
+    path = write(tmp_path, {"sweep": {"scale": {"widths": [32, 64, 128], "head_dim": 32, "tokens": [2e6, 4e6],
+                                                "max_flops": 2e12, "branch_fracs": [0.5]}}})
+    runs = expand(load_sweep(path))
+
+    def main_run_flops(r):  # counted FLOPs of the main run (the decay branch costs extra)
+        model = type(r.recipe.model)(**{**vars(r.recipe.model), "vocab_size": 258})
+        return flops_per_token(model, r.recipe.train.seq_len) * r.tokens
+
+    widths = [r.recipe.model.d_model for r in runs]
+    # width 32 fits both budgets; 64 keeps the smaller one and caps the larger; 128 collapses onto one capped run
+    assert widths == [32, 32, 64, 64, 128]
+    assert [r.tokens for r in runs[:2]] == [2_000_000 // 128 * 128, 4_000_000 // 128 * 128]
+    assert runs[2].tokens == runs[0].tokens and runs[3].tokens < 4e6 and runs[4].tokens < runs[3].tokens
+    for r in runs:
+        assert main_run_flops(r) <= 2e12 and r.name.endswith(f"D{human(r.recipe.train.tokens)}")
+        assert r.recipe.schedule.wsd.branches == [int(0.5 * r.recipe.train.tokens)]
+    for r in (runs[3], runs[4]):  # capped: as many tokens as the cap allows, to within one step
+        assert main_run_flops(r) > 2e12 * (1 - 2 * 128 / r.tokens)
+
+
 def test_isoflop_grid(tmp_path):
     path = write(tmp_path, {"sweep": {"grid": {"optim.lr": [1e-3]},
                                       "scale": {"widths": [64, 128, 192], "head_dim": 32, "flops": [1e13, 3e13]}}})
@@ -123,6 +144,8 @@ def test_every_sweep_bound_names_a_real_key():
     ({"sweep": {"grid": {"optim.lr": [-1.0]}}}, "[run lr-1]: optim.lr: must be positive"),
     ({"sweep": {"scale": {"widths": [64], "params": [1e6]}}}, "set exactly one of widths and params"),
     ({"sweep": {"scale": {"widths": [64], "flops": [1e12], "tokens_per_param": 20}}}, "set at most one"),
+    ({"sweep": {"scale": {"widths": [64], "flops": [1e12], "max_flops": 1e12}}}, "sweep.scale.max_flops: caps a tokens"),
+    ({"sweep": {"scale": {"widths": [64], "tokens": [1e6], "max_flops": -1}}}, "sweep.scale.max_flops"),
     ({"sweep": {"scale": {"widths": [64], "branch_fracs": [1.5]}}}, "sweep.scale.branch_fracs[0]: must be in (0, 1), got 1.5"),
     ({"sweep": {"scale": {"widths": [64, -8]}}}, "sweep.scale.widths[1]: must be positive, got -8"),
     ({"sweep": {"scale": {"widths": [64], "aspect": 0}}}, "sweep.scale.aspect: must be positive, got 0.0"),

@@ -45,6 +45,9 @@ class ScaleAxis:
     tokens_per_param: list[float] | None = None  # token budget D = r * N for each r ...
     flops: list[float] | None = None  # ... or isoFLOP budgets C: D = C / (FLOPs per token) ...
     tokens: list[float] | None = None  # ... or explicit token counts (an N x D grid)
+    # Caps each run's tokens so its main run stays within this many counted FLOPs: an N x D grid whose
+    # widest members train fewer tokens (a ladder), keeping the largest proxy a set fraction of the target.
+    max_flops: float | None = None
     branch_fracs: list[float] = field(default_factory=list)  # WSD branches at these fractions of D
 
 
@@ -104,7 +107,8 @@ SWEEP_BOUNDS: dict[str, Bound] = {
     **dict.fromkeys(["executor.gpus_per_run", "executor.time_min", "executor.cpus_per_task", "executor.mem_gb",
                      "executor.max_parallel", "estimate.peak_tflops", "sweep.scale.widths", "sweep.scale.params",
                      "sweep.scale.aspect", "sweep.scale.head_dim", "sweep.scale.depth",
-                     "sweep.scale.tokens_per_param", "sweep.scale.flops", "sweep.scale.tokens"], POSITIVE),
+                     "sweep.scale.tokens_per_param", "sweep.scale.flops", "sweep.scale.tokens",
+                     "sweep.scale.max_flops"], POSITIVE),
     "estimate.mfu": Bound(0, 1, low_open=True),
     "sweep.scale.branch_fracs": Bound(0, 1, low_open=True, high_open=True),
 }
@@ -240,6 +244,9 @@ def _check_scale(raw: dict, src: str) -> ScaleAxis:
     budgets = [k for k in ("tokens_per_param", "flops", "tokens") if getattr(s, k) is not None]
     if len(budgets) > 1:
         raise RecipeError(f"{src}: sweep.scale: set at most one of {', '.join(budgets)}")
+    if s.max_flops is not None and not (s.tokens or s.tokens_per_param):
+        raise RecipeError(f"{src}: sweep.scale.max_flops: caps a tokens or tokens_per_param budget; "
+                          "set one of them (flops is already a compute budget)")
     for key in [k for k in ("widths", "params") if getattr(s, k) is not None] + budgets:
         if not getattr(s, key):
             raise RecipeError(f"{src}: sweep.scale.{key}: expected positive values, got {getattr(s, key)}")
@@ -284,6 +291,8 @@ def scale_points(scale: ScaleAxis | None, tree: dict) -> list[tuple[dict, str]]:
             budgets = [(families.tokens_for(counted, seq, flops=c), f"C{c:.0e}") for c in scale.flops]
         elif scale.tokens:
             budgets = [(int(d), f"D{human(d)}") for d in scale.tokens]
+        if scale.max_flops:
+            budgets = capped(budgets, families.tokens_for(counted, seq, flops=scale.max_flops))
         for tokens, tag in budgets:
             over = {"model": shape}
             if tokens is not None:
@@ -291,6 +300,16 @@ def scale_points(scale: ScaleAxis | None, tree: dict) -> list[tuple[dict, str]]:
                 if scale.branch_fracs:
                     over["schedule.wsd.branches"] = [int(f * tokens) for f in scale.branch_fracs]
             out.append((over, "_".join(x for x in (label, tag) if x)))
+    return out
+
+
+def capped(budgets: list[tuple[int | None, str]], cap: int) -> list[tuple[int | None, str]]:
+    """Budgets above `cap` tokens become `cap` (tagged with it); budgets that collapse onto it run once."""
+    out: list[tuple[int | None, str]] = []
+    for tokens, tag in budgets:
+        item = (cap, f"D{human(cap)}") if tokens is not None and tokens > cap else (tokens, tag)
+        if item not in out:
+            out.append(item)
     return out
 
 
