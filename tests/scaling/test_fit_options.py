@@ -34,10 +34,25 @@ def test_emit_keeps_the_gqa_group_and_says_lr_batch_were_not_fitted(shared_data,
     model = Recipe.load(out).model
     assert model.n_heads % 4 == 0 and model.n_kv_heads == model.n_heads // 4 and model.head_dim == 128
     text = capsys.readouterr().out
-    assert "optim.lr = " in text and "NOT fitted" in text and "data (" in text
+    assert "optim.lr = " in text and "NOT fitted" in text and "data (" in text and "muP" not in text
     emitted = report(tmp_path)["target"]["emitted"]
     assert emitted["n_kv_heads"] == model.n_kv_heads and 0.8 < emitted["N_vs_target"] < 1.25
     assert emitted["loss"] == pytest.approx(report(tmp_path)["target"]["loss"], rel=0.01)
+
+
+def test_emit_keeps_a_mup_base_and_says_the_lr_transfers(shared_data, tmp_path, capsys):
+    """A muP family: the target keeps the parameterization and base width, so the proxies' LR is the
+    target's; the warning says so instead of the plain "transfer to N*"."""
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(base_recipe_dict(d_model=256, n_layers=4, n_heads=4, parameterization="mup",
+                                                    mup={"base_width": 256, "depth_rule": "completep"})))
+    out = tmp_path / "t.yaml"
+    assert run_fit(epoch(shared_data) + ["--target-flops", "1e20", "--bootstrap", "0", "--emit", str(out),
+                                         "--base", str(base), "--json", str(tmp_path / "r.json")]) == 0
+    model = Recipe.load(out).model
+    assert model.parameterization == "mup" and model.mup.base_width == 256 and model.d_model > 256
+    assert model.mup.depth_rule == "completep"
+    assert "the LR does under muP, base width 256" in capsys.readouterr().out
 
 
 def test_emit_follows_the_sweeps_depth_rule(tmp_path):
@@ -135,3 +150,4 @@ def test_group_split_warning_on_porian(shared_data, capsys):
     assert "columns split the rows into distinct groups" in out and "config_id (15:" in out
     assert run_fit(src + ["--where", "config_id=rw|tuned|short|const|standard|val"]) == 0
     assert "distinct groups" not in capsys.readouterr().out
+

@@ -1,10 +1,11 @@
-"""A miniature of the CPU end-to-end experiment (recipes/sweeps/e2e_cpu.yaml, scripts/windtunnel_e2e.py):
+"""A miniature of the CPU end-to-end experiment (recipes/sweeps/e2e_cpu5.yaml, scripts/windtunnel_e2e.py):
 proxy sweep -> fit -> emitted recipe -> trained unmodified -> report. It checks that each stage's output
 feeds the next, not the accuracy (the real experiment's figures are in docs/scaling.md)."""
 import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from windtunnel.recipe import Recipe
@@ -20,17 +21,18 @@ def load_script():
 
 
 def miniature(tmp_path: Path) -> Path:
-    """The real sweep file, shrunk: 3 tiny widths at depth 1, 64-token sequences, 150 documents."""
-    sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu_proxies.yaml").read_text())
+    """The real sweep file, shrunk: 3 tiny widths at depth 1, 64-token sequences, 150 documents; the
+    FLOP cap shortens the two wider proxies (a ladder, as in the real one)."""
+    sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu5_proxies.yaml").read_text())
     sweep["recipe"]["data"]["max_documents"] = 150
     sweep["recipe"]["train"].update(batch_size=4, seq_len=64, eval_batches=2, ckpt_every=0)
     sweep["recipe"]["schedule"]["warmup_steps"] = 4
-    sweep["sweep"]["scale"].update(widths=[16, 24, 32], depth=1, flops=[1.0e9], branch_fracs=[0.5])
+    sweep["sweep"]["scale"].update(widths=[16, 24, 32], depth=1, tokens=[12000], max_flops=1.0e9, branch_fracs=[0.5])
     sweep["out_dir"] = None
     (tmp_path / "mini_proxies.yaml").write_text(yaml.safe_dump(sweep))
-    config = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu.yaml").read_text())
+    config = yaml.safe_load((ROOT / "recipes" / "sweeps" / "e2e_cpu5.yaml").read_text())
     config.update(proxies="mini_proxies.yaml", out_dir=str(tmp_path / "out"), workers=2)
-    config["fit"].update(bootstrap=4, extra=[])  # the real filter (D >= 4e5) would leave no mini point
+    config["fit"].update(bootstrap=4, extra=[])  # the real filter (>= 3,000 steps) would leave no mini point
     config["target"] = {"flops": 6.0e9, "off_optimal": {"overtrained_4x": 4}, "seeds": [1]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -46,11 +48,13 @@ def test_sweep_fit_emit_train_report(tmp_path, monkeypatch):
     # 1. the sweep: 3 completed proxies, each with its decay branch
     summaries = [json.loads(p.read_text()) for p in sorted((out / "proxies").glob("*/summary.json"))]
     assert len(summaries) == 3 and all(s["status"] == "completed" and len(s["branches"]) == 1 for s in summaries)
+    assert [s["tokens"] for s in summaries] == [11776, 10240, 6656]  # w16 (12K tokens), w24/w32 capped
     # 2. the fit read all 6 points and emitted a recipe of the same family (depth 1, head dim 8)
     fit = json.loads((out / "targets" / "optimal" / "fit.json").read_text())
     assert fit["data"]["points"] == 6 and fit["emitted_recipe"].endswith("recipe.yaml")
     emitted = Recipe.load(out / "targets" / "optimal" / "recipe.yaml")
     assert emitted.model.n_layers == 1 and emitted.model.head_dim == 8
+    assert emitted.model.parameterization == "mup" and emitted.model.mup.base_width == 64  # the LR transfers
     # 3. the target trained that recipe unmodified, for the emitted N and D
     run = out / "targets" / "optimal" / "run"
     assert Recipe.load(run / "recipe.yaml").to_dict() == emitted.to_dict()
@@ -70,6 +74,8 @@ def test_sweep_fit_emit_train_report(tmp_path, monkeypatch):
     seeds = report["optimal_seeds"]
     assert seeds["runs"] == ["optimal", "optimal_seed1"] and report["targets"][2]["predicted"] == best["predicted"]
     assert seeds["mean"] == (best["actual"] + report["targets"][2]["actual"]) / 2
+    assert seeds["sem"] == pytest.approx(abs(best["actual"] - report["targets"][2]["actual"]) / 2)
+    assert seeds["inside"] == (best["ci"][0] <= seeds["mean"] <= best["ci"][1])
     over = report["targets"][1]
     assert over["D"] / over["N"] > 2 * best["D"] / best["N"]  # 4x the tokens per parameter (shapes round)
     assert (tmp_path / "docs" / "mini.png").read_bytes()[:4] == b"\x89PNG"

@@ -69,9 +69,11 @@ def seed_summary(targets: list[dict]) -> dict | None:
     if len(runs) < 2:
         return None
     actual = [t["actual"] for t in runs]
-    mean, pred = float(np.mean(actual)), runs[0]["predicted"]
+    mean, pred, ci = float(np.mean(actual)), runs[0]["predicted"], runs[0]["ci"]
+    sem = float(np.std(actual, ddof=1) / np.sqrt(len(actual)))  # standard error of the mean: the seed noise left
     return {"runs": [t["target"] for t in runs], "actual": actual, "mean": mean, "spread": max(actual) - min(actual),
-            "error": mean / pred - 1.0 if pred else None}
+            "sem": sem, "error": mean / pred - 1.0 if pred else None,
+            "inside": bool(ci and ci[0] <= mean <= ci[1])}
 
 
 def markdown(r: dict) -> str:
@@ -92,7 +94,8 @@ def markdown(r: dict) -> str:
     if seeds:
         err = f"{100 * seeds['error']:+.2f} %" if seeds["error"] is not None else "n/a"
         lines += ["", f"Optimal target over {len(seeds['runs'])} seeds ({', '.join(seeds['runs'])}): mean actual "
-                  f"{seeds['mean']:.4f}, spread {seeds['spread']:.4f}; error of the mean {err}."]
+                  f"{seeds['mean']:.4f} (standard error {seeds['sem']:.4f}), spread {seeds['spread']:.4f}; "
+                  f"error of the mean {err}, {'inside' if seeds['inside'] else 'outside'} the 95 % interval."]
     st = r["times"]["stages"]
     lines += ["", f"Sweep {r['sweep_flops']:.3g} FLOPs = {r['sweep_vs_target']:.2f} × the target's; "
               f"target = {r['target_vs_largest_proxy']:.1f} × the largest proxy. Wall time: "
@@ -112,7 +115,7 @@ def write(r: dict, out_dir: Path, docs: Path | None, stem: str) -> None:
     for csv_path, json_path, png in dests:
         write_points(r["points"], csv_path)
         json_path.write_text(json.dumps({k: r[k] for k in ("law", "n_kind", "params", "targets",
-                                                          "largest_proxy_flops", "sweep_flops")},
+                                                          "optimal_seeds", "largest_proxy_flops", "sweep_flops")},
                                         indent=2, default=float) + "\n")
         plot(r, png)
 
@@ -150,13 +153,19 @@ def plot(r: dict, path: Path) -> None:
         if mine:
             ax.scatter([6 * n * p["D"] for p in mine], [p["loss"] for p in mine], color=color[n], s=18,
                        label=f"N = {n / 1e3:.0f}K")
-    for k, t in enumerate(r["targets"]):
+    seeds = r.get("optimal_seeds")
+    labelled = [t for t in r["targets"] if not t["target"].startswith("optimal_seed")]
+    for t in r["targets"]:
         c, lo, hi = t["C_6ND"], *(t["ci"] or (t["predicted"], t["predicted"]))
         ax.errorbar([c], [t["predicted"]], yerr=[[t["predicted"] - lo], [hi - t["predicted"]]], fmt="o",
                     color=color[t["N"]], mfc="white", capsize=4)
         ax.scatter([c], [t["actual"]], marker="*", s=140, color="red", zorder=5)
-        ax.annotate(f"{t['target']}: {100 * t['error']:+.1f} %", (c, t["actual"]), textcoords="offset points",
-                    xytext=(-170, 16 + 11 * k), fontsize=8)
+    for k, t in enumerate(labelled):  # seed repeats share one label: the error of their mean
+        text = f"{t['target']}: {100 * t['error']:+.1f} %"
+        if t["target"] == "optimal" and seeds and seeds["error"] is not None:
+            text = f"optimal, mean of {len(seeds['runs'])} seeds: {100 * seeds['error']:+.1f} %"
+        ax.annotate(text, (t["C_6ND"], t["actual"]), textcoords="offset points", xytext=(-200, 16 + 11 * k),
+                    fontsize=8)
     lows = [t["actual"] for t in r["targets"]] + [(t["ci"] or [t["predicted"]])[0] for t in r["targets"]]
     ax.set_ylim(0.95 * min(lows), 1.05 * max(p["loss"] for p in pts))
     ax.set_xscale("log")

@@ -149,8 +149,12 @@ def kept_from_base(recipe: Recipe, hp: dict, base: str | Path) -> list[str]:
         kept.append(f"batch {recipe.tokens_per_step_per_rank} tokens/step per process")
     out = []
     if kept:
+        transfer = "they transfer to N*"
+        if "lr" not in hp and recipe.model.parameterization == "mup":
+            transfer = (f"the batch transfers to N* (the LR does under muP, base width "
+                        f"{recipe.model.mup.base_width}, if it was tuned at that width)")
         out.append(f"--emit: {' and '.join(kept)} NOT fitted (no LR/batch axes in the source): kept from "
-                   f"the base {base}; right only if the proxies used them too and they transfer to N*")
+                   f"the base {base}; right only if the proxies used them too and {transfer}")
     out.append(f"--emit: data ({recipe.data.source}: {data}) and tokenizer ({recipe.tokenizer.kind}) are the base's")
     return out
 
