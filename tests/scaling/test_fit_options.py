@@ -1,6 +1,7 @@
 """Fitter options found missing while refitting published data (issue 12, item 6), each checked on the
 real data in ../shared/data where the case comes from."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,22 @@ def test_group_split_warning_on_porian(shared_data, capsys):
     assert run_fit(src + ["--where", "config_id=rw|tuned|short|const|standard|val"]) == 0
     assert "distinct groups" not in capsys.readouterr().out
 
+
+DOCS_DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
+
+
+@pytest.mark.parametrize("points, where, chosen", [
+    ("e2e_cpu5_points.csv", ["--min-steps", "3000"], "kaplan-e"),  # muP proxies (attempt 5)
+    ("e2e_cpu_points.csv", ["--where", "D>=3e6"], "chinchilla"),  # SP proxies (attempts 3-4)
+])
+def test_law_auto_on_the_end_to_end_proxies(points, where, chosen, tmp_path, capsys):
+    """The committed CPU end-to-end points: --law auto picks the form that predicted the trained targets
+    (docs/scaling.md), reports both forms at the target, and warns about their spread."""
+    assert run_fit([str(DOCS_DATA / points), *where, "--law", "auto", "--bootstrap", "0",
+                    "--target-flops", "3.4e13", "--json", str(tmp_path / "r.json")]) == 0
+    rep = report(tmp_path)
+    forms = rep["target"]["forms"]
+    assert rep["law"] == forms["chosen"] == chosen
+    assert forms["scores"][chosen] == min(forms["scores"].values())
+    assert forms["predicted"][chosen] == pytest.approx(rep["target"]["loss"])
+    assert forms["spread"] > 0.02 and "--law auto: the forms disagree by" in capsys.readouterr().out

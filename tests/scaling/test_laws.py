@@ -5,11 +5,14 @@ from scipy.optimize import minimize_scalar
 
 from windtunnel.errors import RecipeError
 from windtunnel.scaling import fit_law
-from windtunnel.scaling.laws import (chinchilla_optimal, chinchilla_predict, kaplan_optimal, kaplan_predict)
+from windtunnel.scaling.laws import (chinchilla_optimal, chinchilla_predict, kaplan_e_model, kaplan_e_optimal,
+                                     kaplan_e_predict, kaplan_e_theta, kaplan_optimal, kaplan_predict)
 
 from .conftest import CHINCHILLA_TRUE, grid_points, isoflop_points
 
 KAPLAN_TRUE = {"alpha_N": 0.076, "alpha_D": 0.095, "Nc": 8.8e13, "Dc": 5.4e13}  # Kaplan et al. 2020, eq. 1.5
+# about what the CPU end-to-end proxies gave (docs/scaling.md, attempt 5), in the grid's units
+KAPLAN_E_TRUE = {"alpha_N": 0.27, "alpha_D": 0.42, "Nc": 1.7e7, "Dc": 1.4e9, "E": 0.55}
 
 
 def test_chinchilla_recovers_exact_parameters():
@@ -47,6 +50,57 @@ def test_kaplan_compute_optimal_is_the_minimum_along_the_isoflop():
     best = minimize_scalar(lambda x: kaplan_predict(KAPLAN_TRUE, np.exp(x), C / (6 * np.exp(x))),
                            bounds=(5, 40), method="bounded", options={"xatol": 1e-9})
     assert N == pytest.approx(np.exp(best.x), rel=1e-4) and 6 * N * D == pytest.approx(C)
+
+
+def test_kaplan_e_recovers_parameters_and_its_gradient_is_exact():
+    N, D, _ = grid_points()
+    loss = kaplan_e_predict(KAPLAN_E_TRUE, N, D)
+    res = fit_law("kaplan-e", N=N, D=D, loss=loss, bootstrap=0)
+    for k, v in KAPLAN_E_TRUE.items():
+        assert res.params[k] == pytest.approx(v, rel=2e-2), k
+    assert np.allclose(res.predict(N, D), loss, rtol=1e-4)
+    # the analytic Jacobian of log L matches finite differences
+    theta = kaplan_e_theta(KAPLAN_E_TRUE)
+    model = kaplan_e_model(np.log(N), np.log(D))
+    value, jac = model(theta)
+    assert np.allclose(value, np.log(loss))
+    for j in range(len(theta)):
+        step = np.zeros_like(theta)
+        step[j] = 1e-6
+        numeric = (model(theta + step)[0] - model(theta - step)[0]) / 2e-6
+        assert np.allclose(jac[:, j], numeric, rtol=1e-4, atol=1e-8), j
+
+
+def test_kaplan_e_differs_from_chinchilla_where_it_should():
+    """The data term's effect shrinks with N's deficit: a small model gains less from 2x tokens."""
+    small, large = 1e7, 1e9
+    gain = [kaplan_e_predict(KAPLAN_E_TRUE, n, 1e10) - kaplan_e_predict(KAPLAN_E_TRUE, n, 2e10) for n in (small, large)]
+    assert gain[0] < 0.7 * gain[1]
+    C = 1e20
+    N, D, L = kaplan_e_optimal(KAPLAN_E_TRUE, C)
+    best = minimize_scalar(lambda x: kaplan_e_predict(KAPLAN_E_TRUE, np.exp(x), C / (6 * np.exp(x))),
+                           bounds=(5, 40), method="bounded", options={"xatol": 1e-9})
+    assert N == pytest.approx(np.exp(best.x), rel=1e-4) and L == pytest.approx(best.fun, rel=1e-9)
+    assert L > KAPLAN_E_TRUE["E"] and 6 * N * D == pytest.approx(C)
+
+
+@pytest.mark.parametrize("truth", ["chinchilla", "kaplan-e"])
+def test_auto_picks_the_form_that_generated_the_points(truth):
+    N, D, _ = grid_points()
+    predict = chinchilla_predict if truth == "chinchilla" else kaplan_e_predict
+    loss = predict(CHINCHILLA_TRUE if truth == "chinchilla" else KAPLAN_E_TRUE, N, D)
+    loss = loss * np.exp(np.random.default_rng(0).normal(0.0, 0.002, len(N)))
+    res = fit_law("auto", N=N, D=D, loss=loss, bootstrap=0)
+    auto = res.details["auto"]
+    assert res.law == auto["chosen"] == truth
+    assert auto["scores"][truth] < min(v for k, v in auto["scores"].items() if k != truth)
+    assert set(auto["params"]) == {"chinchilla", "kaplan-e"}
+
+
+def test_auto_refuses_tied_exponents():
+    N, D, loss = grid_points()
+    with pytest.raises(RecipeError, match="--law auto: --tie-exponents applies to chinchilla only"):
+        fit_law("auto", N=N, D=D, loss=loss, bootstrap=0, tie=True)
 
 
 def test_isoflop_recovers_the_allocation_exponents():

@@ -65,7 +65,8 @@ def positive_float(text: str) -> float:
 def build_parser() -> Parser:
     p = Parser(prog="windtunnel fit", description="Fit a scaling law to a sweep directory or a CSV of runs.")
     p.add_argument("source", help="sweep directory (run dirs with summary.json) or CSV file")
-    p.add_argument("--law", choices=[*LAWS, "critical-batch", "mixture"], default="chinchilla")
+    p.add_argument("--law", choices=[*LAWS, "auto", "critical-batch", "mixture"], default="chinchilla",
+                   help="auto: chinchilla or kaplan-e, whichever predicts the top compute budget best")
     p.add_argument("--objective", default="mean", help="mixture: a source, name=weight,... or mean")
     p.add_argument("--mix-model", choices=["auto", "linear", "quadratic"], default="auto", help="mixture regression")
     p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding", help="which parameter count is N")
@@ -93,7 +94,7 @@ def build_parser() -> Parser:
     p.add_argument("--max-extrapolation", type=positive_float, default=MAX_EXTRAPOLATION,
                    help="warn when the target exceeds the largest fitted compute by more than this factor")
     p.add_argument("--huber-delta", type=positive_float, default=HUBER_DELTA,
-                   help="chinchilla/kaplan: Huber delta on log loss (Hoffmann et al.: 1e-3)")
+                   help="chinchilla/kaplan/kaplan-e: Huber delta on log loss (Hoffmann et al.: 1e-3)")
     p.add_argument("--tie-exponents", action="store_true",
                    help="chinchilla: one exponent for N and D (alpha = beta; Gadre et al. 2024)")
     p.add_argument("--group-tolerance", type=non_negative(float), default=0.25,
@@ -156,6 +157,7 @@ def run(args) -> dict:
         target = predict_target(result, params=args.target_params, tokens=args.target_tokens,
                                 flops=args.target_flops, hparams=hparams, max_extrapolation=args.max_extrapolation)
         target["n_kind"] = args.n_kind
+        form_spread(result, target)
     plots = None
     if args.plots:
         from .plots import make_plots  # matplotlib only when asked for
@@ -172,6 +174,24 @@ def run(args) -> dict:
     if args.json:
         _writing("--json", args.json, lambda: write_report(report, args.json))
     return report
+
+
+FORM_SPREAD = 0.02  # warn when the --law auto candidates disagree at the target by more than this
+
+
+def form_spread(result, target: dict) -> None:
+    """--law auto: every candidate form's prediction at the target, and a warning when they disagree."""
+    auto = result.details.get("auto")
+    if not auto:
+        return
+    preds = {name: float(LAWS[name].predict(p, target["N"], target["D"])) for name, p in auto["params"].items()}
+    spread = max(preds.values()) / min(preds.values()) - 1.0
+    target["forms"] = {"predicted": preds, "spread": spread, "chosen": auto["chosen"], "scores": auto["scores"]}
+    if spread > FORM_SPREAD:
+        detail = ", ".join(f"{name} {v:.4g} (holdout {100 * auto['scores'][name]:.1f}%)" for name, v in preds.items())
+        target["warnings"].append(f"--law auto: the forms disagree by {100 * spread:.1f}% at the target ({detail}); "
+                                  f"{auto['chosen']} predicted the top compute budget best: the interval covers "
+                                  "the noise of the points, not this choice")
 
 
 def run_critical_batch(args) -> dict:

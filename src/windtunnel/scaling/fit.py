@@ -23,6 +23,8 @@ LAWS: dict[str, Law] = {
                       predict=laws.chinchilla_predict, optimal=laws.chinchilla_optimal, n_params=5),
     "kaplan": Law("kaplan", "loss", laws.fit_kaplan, holdout_loss_law(laws.fit_kaplan, laws.kaplan_predict),
                   predict=laws.kaplan_predict, optimal=laws.kaplan_optimal, n_params=4),
+    "kaplan-e": Law("kaplan-e", "loss", laws.fit_kaplan_e, holdout_loss_law(laws.fit_kaplan_e, laws.kaplan_e_predict),
+                    predict=laws.kaplan_e_predict, optimal=laws.kaplan_e_optimal, n_params=5),
     "envelope": Law("envelope", "frontier", frontier.fit_envelope, frontier.holdout_envelope,
                     optimal=frontier.frontier_optimal, n_params=7),
     "isoflop": Law("isoflop", "frontier", frontier.fit_isoflop, frontier.holdout_isoflop,
@@ -35,12 +37,12 @@ EXPONENTS = ["alpha", "beta", "alpha_N", "alpha_D", "a", "b", "gamma", "lr_N", "
 def fit_law(law: str, points: Points | None = None, *, N=None, D=None, loss=None, C=None, lr=None, batch=None,
             n_kind: str = "non_embedding", bootstrap: int = 200, seed: int = 0, level: float = 0.95,
             holdout: bool = True, **options) -> FitResult:
-    """Fit `law` (chinchilla | kaplan | envelope | isoflop | lr-bs) to points or arrays.
+    """Fit `law` (chinchilla | kaplan | kaplan-e | envelope | isoflop | lr-bs | auto) to points or arrays.
 
     Loss laws see each (N, D) cell at its best loss (sweeps with LR axes). `options` go to the
-    law's fitter: delta/refine (chinchilla, kaplan), tolerance/neighbours (isoflop), method/window (lr-bs)."""
-    if law not in LAWS:
-        raise RecipeError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
+    law's fitter: delta/refine (chinchilla, kaplan, kaplan-e), tolerance/neighbours (isoflop), method/window (lr-bs)."""
+    if law not in LAWS and law != "auto":
+        raise RecipeError(f"--law: {law!r} is not one of {', '.join([*LAWS, 'auto'])}")
     if not 0 < level < 1:
         raise RecipeError(f"level: {level} must be between 0 and 1")
     if points is None:
@@ -48,7 +50,41 @@ def fit_law(law: str, points: Points | None = None, *, N=None, D=None, loss=None
     # One BLAS thread: the fits are thousands of tiny L-BFGS-B steps, and a threaded BLAS inside them
     # runs ~10x slower on a busy machine (measured on the 2-core CI box).
     with threadpool_limits(limits=1, user_api="blas"):
+        if law == "auto":
+            return fit_auto(points, bootstrap, seed, level, options)
         return _fit(LAWS[law], points, bootstrap, seed, level, holdout, options)
+
+
+# --law auto: the L(N, D) forms with an irreducible term, which differ in whether the data term's effect
+# depends on N (kaplan-e) or not (chinchilla).
+AUTO_LAWS = ("chinchilla", "kaplan-e")
+
+
+def fit_auto(points: Points, bootstrap: int, seed: int, level: float, options: dict) -> FitResult:
+    """Fit every AUTO_LAWS form and keep the one that best predicts the top compute budget from the runs
+    below it: the extrapolation in compute that a target makes. The forms can disagree at the target by
+    more than either one's bootstrap interval (docs/scaling.md, end-to-end attempts 3-5); the choice and
+    the others' parameters are kept in details["auto"] so the spread can be reported."""
+    if options.get("tie"):
+        raise RecipeError("--law auto: --tie-exponents applies to chinchilla only; name the law")
+    scores, params = {}, {}
+    for name in AUTO_LAWS:
+        trial = _fit(LAWS[name], points, 0, seed, level, True, options)
+        params[name] = trial.params
+        scores[name] = holdout_score(trial)
+    best = min(AUTO_LAWS, key=lambda name: scores[name])
+    result = _fit(LAWS[best], points, bootstrap, seed, level, True, options)
+    result.details["auto"] = {"chosen": best, "by": "leave-top-compute-out max |error| (leave-largest-out "
+                              "where it is skipped)", "scores": scores, "params": params}
+    return result
+
+
+def holdout_score(result: FitResult) -> float:
+    """Max relative loss error of the compute holdout, else of leave-largest-out; inf when neither ran."""
+    for rep in (result.details.get("leave_top_compute_out"), result.holdout):
+        if rep and "loss_max_abs_rel_error" in rep:
+            return float(rep["loss_max_abs_rel_error"])
+    return float("inf")
 
 
 def _fit(impl: Law, points: Points, bootstrap: int, seed: int, level: float, holdout: bool,

@@ -1,4 +1,5 @@
-"""Parametric loss laws L(N, D): Chinchilla (Hoffmann et al. 2022, approach 3) and Kaplan et al. (2020).
+"""Parametric loss laws L(N, D): Chinchilla (Hoffmann et al. 2022, approach 3), Kaplan et al. (2020), and
+Kaplan's form with an irreducible term (kaplan-e).
 
 Both are fitted on log-loss with the Huber objective of `optimize.py`. Chinchilla uses the
 log-sum-exp parameterisation of Hoffmann et al. / Besiroglu et al. (2024):
@@ -155,4 +156,55 @@ def fit_kaplan(points: Points, start: dict | None = None, delta: float = HUBER_D
     bound = at_bounds(opt.theta, KAPLAN_BOUNDS, KAPLAN_THETA)
     warnings = [f"kaplan: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
                 for name, v in zip(KAPLAN_THETA, opt.theta) if name in bound]
+    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta})
+
+
+# ----------------------------------------------------------------------------- Kaplan + E
+
+# Kaplan's eq. 1.5 plus Chinchilla's irreducible term:  L = E + [(Nc/N)^(aN/aD) + Dc/D]^aD.
+# Unlike Chinchilla's sum, the data term's effect depends on N (a small model gains less from more tokens),
+# which is what the CPU end-to-end proxies show (docs/scaling.md, attempt 5); E keeps the law from
+# promising a loss that falls without bound.
+KAPLAN_E_THETA = KAPLAN_THETA + ["e"]
+KAPLAN_E_BOUNDS = KAPLAN_BOUNDS + [(-10.0, 5.0)]
+KAPLAN_E_GRID = np.array([np.append(row, e) for row in KAPLAN_GRID for e in (-1.0, -0.5, 0.0, 0.5)])
+
+
+def kaplan_e_model(x: np.ndarray, y: np.ndarray):
+    """log L = LSE(log Kaplan(N, D), e) on x = log N, y = log D; theta = (aN, aD, log Nc, log Dc, e)."""
+    kaplan = kaplan_model(x, y)
+
+    def model(theta: np.ndarray):
+        k, jac_k = kaplan(theta[:4])
+        lse, q = lse_softmax(np.stack([k, np.full_like(x, theta[4])]))
+        return lse, np.column_stack([q[0][:, None] * jac_k, q[1]])
+    return model
+
+
+def kaplan_e_params(theta: np.ndarray) -> dict[str, float]:
+    return {**kaplan_params(theta[:4]), "E": float(np.exp(theta[4]))}
+
+
+def kaplan_e_theta(p: dict) -> np.ndarray:
+    return np.append(kaplan_theta(p), np.log(p["E"]))
+
+
+def kaplan_e_predict(p: dict, N, D) -> np.ndarray:
+    return p["E"] + kaplan_predict(p, N, D)
+
+
+def kaplan_e_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """E is a constant: the compute-optimal split is Kaplan's."""
+    N, D, _ = kaplan_optimal(p, C)
+    return N, D, kaplan_e_predict(p, N, D)
+
+
+def fit_kaplan_e(points: Points, start: dict | None = None, delta: float = HUBER_DELTA, refine: int = 32) -> LawFit:
+    model = kaplan_e_model(np.log(points.N), np.log(points.D))
+    starts = kaplan_e_theta(start)[None] if start else KAPLAN_E_GRID
+    opt = huber_fit(model, np.log(points.loss), starts, KAPLAN_E_BOUNDS, delta, refine)
+    params = kaplan_e_params(opt.theta)
+    bound = at_bounds(opt.theta, KAPLAN_E_BOUNDS, KAPLAN_E_THETA)
+    warnings = [f"kaplan-e: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
+                for name, v in zip(KAPLAN_E_THETA, opt.theta) if name in bound]
     return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta})
