@@ -44,7 +44,7 @@ def target_row(name: str, report: dict, run_dir: Path) -> dict:
             "d_model": e.get("d_model"), "n_layers": e.get("n_layers"), "lr": s.get("lr"),
             "batch": s.get("batch_tokens"), "predicted": pred, "ci": ci, "actual": actual,
             "error": actual / pred - 1.0 if pred else None,
-            "inside": bool(ci and ci[0] <= actual <= ci[1]), "wall_s": s.get("wall_time_s"),
+            "inside": bool(ci and ci[0] <= actual <= ci[1]), "wall_s": s.get("wall_time_s"), "forms": t.get("forms"),
             "ideal": {"N": t["N"], "D": t["D"], "loss": t.get("loss"), "loss_ci": t.get("loss_ci")}}
 
 
@@ -90,6 +90,11 @@ def markdown(r: dict) -> str:
                      f"{t['C_6ND']:.3g} | {t['flops']:.3g} | {t['flops'] / r['largest_proxy_flops']:.1f} | "
                      f"{t['predicted']:.4f} | {ci} | {t['actual']:.4f} | {100 * t['error']:+.2f} % | "
                      f"{'yes' if t['inside'] else 'no'} | {t['wall_s'] or 0:.0f} |")
+    forms = r["targets"][0].get("forms")
+    if forms:  # --law auto: which form, why, and what the other one said at the (ideal) optimal target
+        lines += ["", f"--law auto chose {forms['chosen']} (leave-top-compute-out max error: " + ", ".join(
+            f"{k} {100 * v:.1f} %" for k, v in forms["scores"].items()) + "); at the ideal N*, D* the forms "
+            "predict " + ", ".join(f"{k} {v:.4f}" for k, v in forms["predicted"].items()) + "."]
     seeds = r.get("optimal_seeds")
     if seeds:
         err = f"{100 * seeds['error']:+.2f} %" if seeds["error"] is not None else "n/a"

@@ -122,6 +122,9 @@ def emit_recipe(target: dict, base: str | Path, out: str | Path, n_kind: str = "
     raw["model"] = _shape(target["N"], raw.get("model") or {}, n_kind, shape_fn, rules or {})
     train = raw.setdefault("train", {})
     train["tokens"], train["steps"] = int(round(target["D"])), None
+    wsd = (raw.get("schedule") or {}).get("wsd") or {}
+    if wsd.get("branches"):  # the proxy's decay branches sit at fractions of the proxy's tokens, not the target's
+        wsd["branches"] = []
     hp = target.get("hparams") or {}
     if "lr" in hp:
         raw.setdefault("optim", {})["lr"] = float(hp["lr"])
