@@ -97,6 +97,14 @@ def test_auto_picks_the_form_that_generated_the_points(truth):
     assert set(auto["params"]) == {"chinchilla", "kaplan-e"}
 
 
+def test_auto_says_when_no_holdout_could_choose():
+    N, D, loss = grid_points()
+    keep = N < 3e7  # 2 model sizes: neither holdout has enough sizes left to refit
+    res = fit_law("auto", N=N[keep], D=D[keep], loss=loss[keep], bootstrap=0)
+    assert res.details["auto"]["scores"] == {"chinchilla": float("inf"), "kaplan-e": float("inf")}
+    assert res.law == "chinchilla" and any("no holdout check could run" in w for w in res.warnings)
+
+
 def test_auto_refuses_tied_exponents():
     N, D, loss = grid_points()
     with pytest.raises(RecipeError, match="--law auto: --tie-exponents applies to chinchilla only"):

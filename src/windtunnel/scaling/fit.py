@@ -67,15 +67,16 @@ def fit_auto(points: Points, bootstrap: int, seed: int, level: float, options: d
     the others' parameters are kept in details["auto"] so the spread can be reported."""
     if options.get("tie"):
         raise RecipeError("--law auto: --tie-exponents applies to chinchilla only; name the law")
-    scores, params = {}, {}
-    for name in AUTO_LAWS:
-        trial = _fit(LAWS[name], points, 0, seed, level, True, options)
-        params[name] = trial.params
-        scores[name] = holdout_score(trial)
+    trials = {name: _fit(LAWS[name], points, 0, seed, level, True, options) for name in AUTO_LAWS}
+    scores = {name: holdout_score(trial) for name, trial in trials.items()}
     best = min(AUTO_LAWS, key=lambda name: scores[name])
-    result = _fit(LAWS[best], points, bootstrap, seed, level, True, options)
+    result = _fit(LAWS[best], points, bootstrap, seed, level, True, options) if bootstrap else trials[best]
     result.details["auto"] = {"chosen": best, "by": "leave-top-compute-out max |error| (leave-largest-out "
-                              "where it is skipped)", "scores": scores, "params": params}
+                              "where it is skipped)", "scores": scores,
+                              "params": {name: trial.params for name, trial in trials.items()}}
+    if not np.isfinite(scores[best]):
+        result.warnings.append(f"--law auto: no holdout check could run on these points; {best} was kept by "
+                               "default, not chosen")
     return result
 
 

@@ -149,14 +149,21 @@ def kaplan_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def fit_kaplan(points: Points, start: dict | None = None, delta: float = HUBER_DELTA, refine: int = 32) -> LawFit:
-    model = kaplan_model(np.log(points.N), np.log(points.D))
-    starts = kaplan_theta(start)[None] if start else KAPLAN_GRID
-    opt = huber_fit(model, np.log(points.loss), starts, KAPLAN_BOUNDS, delta, refine)
-    params = kaplan_params(opt.theta)
-    bound = at_bounds(opt.theta, KAPLAN_BOUNDS, KAPLAN_THETA)
-    warnings = [f"kaplan: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
-                for name, v in zip(KAPLAN_THETA, opt.theta) if name in bound]
-    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta})
+    return fit_form("kaplan", kaplan_model, kaplan_theta, kaplan_params, KAPLAN_GRID, KAPLAN_BOUNDS, KAPLAN_THETA,
+                    points, start, delta, refine)
+
+
+def fit_form(law: str, model_fn, theta_fn, params_fn, starts_grid: np.ndarray, bounds: list, names: list[str],
+             points: Points, start: dict | None, delta: float, refine: int) -> LawFit:
+    """Huber fit of a log-loss model on (log N, log D) from a start grid (or one start), flagging bounds."""
+    model = model_fn(np.log(points.N), np.log(points.D))
+    starts = theta_fn(start)[None] if start else starts_grid
+    opt = huber_fit(model, np.log(points.loss), starts, bounds, delta, refine)
+    bound = at_bounds(opt.theta, bounds, names)
+    warnings = [f"{law}: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
+                for name, v in zip(names, opt.theta) if name in bound]
+    return LawFit(params_fn(opt.theta), warnings,
+                  {"objective": opt.objective, "converged": opt.converged, "delta": delta})
 
 
 # ----------------------------------------------------------------------------- Kaplan + E
@@ -200,11 +207,5 @@ def kaplan_e_optimal(p: dict, C) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def fit_kaplan_e(points: Points, start: dict | None = None, delta: float = HUBER_DELTA, refine: int = 32) -> LawFit:
-    model = kaplan_e_model(np.log(points.N), np.log(points.D))
-    starts = kaplan_e_theta(start)[None] if start else KAPLAN_E_GRID
-    opt = huber_fit(model, np.log(points.loss), starts, KAPLAN_E_BOUNDS, delta, refine)
-    params = kaplan_e_params(opt.theta)
-    bound = at_bounds(opt.theta, KAPLAN_E_BOUNDS, KAPLAN_E_THETA)
-    warnings = [f"kaplan-e: {name} is at its bound ({float(v):.4g}): the data do not constrain it"
-                for name, v in zip(KAPLAN_E_THETA, opt.theta) if name in bound]
-    return LawFit(params, warnings, {"objective": opt.objective, "converged": opt.converged, "delta": delta})
+    return fit_form("kaplan-e", kaplan_e_model, kaplan_e_theta, kaplan_e_params, KAPLAN_E_GRID, KAPLAN_E_BOUNDS,
+                    KAPLAN_E_THETA, points, start, delta, refine)
