@@ -4,7 +4,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from windtunnel.errors import RecipeError
-from windtunnel.scaling import fit_law
+from windtunnel.scaling import fit_law, predict_target
 from windtunnel.scaling.laws import (chinchilla_optimal, chinchilla_predict, kaplan_e_model, kaplan_e_optimal,
                                      kaplan_e_predict, kaplan_e_theta, kaplan_optimal, kaplan_predict)
 
@@ -95,6 +95,8 @@ def test_auto_picks_the_form_that_generated_the_points(truth):
     assert res.law == auto["chosen"] == truth
     assert auto["scores"][truth] < min(v for k, v in auto["scores"].items() if k != truth)
     assert set(auto["params"]) == {"chinchilla", "kaplan-e"}
+    target = predict_target(res, params=2e9, tokens=4e10)  # the Python API reports both forms too
+    assert target["forms"]["chosen"] == truth and target["forms"]["predicted"][truth] == pytest.approx(target["loss"])
 
 
 def test_auto_says_when_no_holdout_could_choose():

@@ -190,6 +190,24 @@ def drift_warning(rep: dict) -> list[str]:
             f"short runs bend the law; {where}"]
 
 
+def form_spread(auto: dict, predictors: dict[str, Callable], N: float, D: float) -> dict:
+    """--law auto (fit.fit_auto): every candidate form's prediction at the target (N, D) and how far apart."""
+    preds = {name: float(predictors[name](p, N, D)) for name, p in auto["params"].items()}
+    return {"predicted": preds, "spread": max(preds.values()) / min(preds.values()) - 1.0,
+            "chosen": auto["chosen"], "scores": auto["scores"]}
+
+
+def form_warning(rep: dict) -> list[str]:
+    """Forms that disagree at the target by more than LOSS_TOLERANCE: the choice matters more than the CI."""
+    if rep["spread"] <= LOSS_TOLERANCE:
+        return []
+    detail = ", ".join(f"{name} {v:.4g} (holdout {100 * rep['scores'][name]:.1f}%)"
+                       for name, v in rep["predicted"].items())
+    return [f"--law auto: the forms disagree by {100 * rep['spread']:.1f}% at the target ({detail}); "
+            f"{rep['chosen']} predicted the top compute budget best: the interval covers the noise of the "
+            "points, not this choice"]
+
+
 def ci_warnings(params: dict, ci: dict, names: list[str]) -> list[str]:
     """Exponents whose bootstrap interval is as wide as the value itself."""
     out = []

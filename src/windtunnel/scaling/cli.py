@@ -157,7 +157,6 @@ def run(args) -> dict:
         target = predict_target(result, params=args.target_params, tokens=args.target_tokens,
                                 flops=args.target_flops, hparams=hparams, max_extrapolation=args.max_extrapolation)
         target["n_kind"] = args.n_kind
-        form_spread(result, target)
     plots = None
     if args.plots:
         from .plots import make_plots  # matplotlib only when asked for
@@ -174,24 +173,6 @@ def run(args) -> dict:
     if args.json:
         _writing("--json", args.json, lambda: write_report(report, args.json))
     return report
-
-
-FORM_SPREAD = 0.02  # warn when the --law auto candidates disagree at the target by more than this
-
-
-def form_spread(result, target: dict) -> None:
-    """--law auto: every candidate form's prediction at the target, and a warning when they disagree."""
-    auto = result.details.get("auto")
-    if not auto:
-        return
-    preds = {name: float(LAWS[name].predict(p, target["N"], target["D"])) for name, p in auto["params"].items()}
-    spread = max(preds.values()) / min(preds.values()) - 1.0
-    target["forms"] = {"predicted": preds, "spread": spread, "chosen": auto["chosen"], "scores": auto["scores"]}
-    if spread > FORM_SPREAD:
-        detail = ", ".join(f"{name} {v:.4g} (holdout {100 * auto['scores'][name]:.1f}%)" for name, v in preds.items())
-        target["warnings"].append(f"--law auto: the forms disagree by {100 * spread:.1f}% at the target ({detail}); "
-                                  f"{auto['chosen']} predicted the top compute budget best: the interval covers "
-                                  "the noise of the points, not this choice")
 
 
 def run_critical_batch(args) -> dict:

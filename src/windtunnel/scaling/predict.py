@@ -9,7 +9,8 @@ import yaml
 
 from ..errors import DataError, RecipeError
 from ..recipe import Recipe, deep_merge, load_yaml_tree
-from .checks import drift_warning, extrapolation_warning, min_steps_drift
+from .checks import drift_warning, extrapolation_warning, form_spread, form_warning, min_steps_drift
+from .fit import LAWS
 from .result import FitResult
 
 MAX_EXTRAPOLATION = 10.0  # warn beyond one decade of compute past the largest fitted run
@@ -20,7 +21,8 @@ def predict_target(result: FitResult, *, params: float | None = None, tokens: fl
                    max_extrapolation: float = MAX_EXTRAPOLATION) -> dict:
     """N*, D*, loss (with CI) for a budget C (compute-optimal, C = 6ND) or for a given (N, D);
     plus the learning rate and batch suggested by the lr-bs law (`hparams`, or `result` itself), and
-    for loss laws `min_steps_drift`: the prediction refitted without the shortest runs (checks.py)."""
+    for loss laws `min_steps_drift`: the prediction refitted without the shortest runs (checks.py), and
+    after --law auto `forms`: every candidate form's prediction at the same (N, D)."""
     if flops is not None and (params is not None or tokens is not None):
         raise RecipeError("target: give either --target-flops or --target-params with --target-tokens, not both")
     out: dict = {"warnings": []}
@@ -57,6 +59,9 @@ def predict_target(result: FitResult, *, params: float | None = None, tokens: fl
     if result.impl.kind == "loss":  # at the main fit's N, D: the refits' losses compare with `loss`
         out["min_steps_drift"] = min_steps_drift(result, N, D)
         out["warnings"] += drift_warning(out["min_steps_drift"])
+    if "auto" in result.details:  # --law auto: what the form not chosen predicts at the same (N, D)
+        out["forms"] = form_spread(result.details["auto"], {k: law.predict for k, law in LAWS.items()}, N, D)
+        out["warnings"] += form_warning(out["forms"])
     law = hparams if hparams is not None else (result if result.impl.suggest else None)
     if law is not None:
         out["hparams"] = suggest_hparams(law, N, D)
